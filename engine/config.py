@@ -1,0 +1,162 @@
+"""Configuration: one frozen `ServerArgs` built at the edge (CLI or `Engine(**flags)`) and passed down.
+
+Building a `ServerArgs` does no I/O; `validate()` checks values only. `ModelConfig.from_hf(path)` is the one
+place that reads a checkpoint's config.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
+EVICTION_POLICIES = ("lru", "lfu", "segment")
+ATTENTION_BACKENDS = ("auto", "torch", "triton", "flashinfer")
+DTYPES = ("bfloat16", "float32", "float16")
+PAIR_POLICIES = ("none", "table", "native")
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    """Every engine and server flag. CLI flags are these names with '-' for '_'."""
+
+    model_path: str = "demo"
+    served_model_name: str | None = None
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+    seed: int = 0
+    # memory
+    page_size: int = 1
+    kv_cache_tokens: int | None = None  # None: size the pool by mem_fraction
+    mem_fraction: float = 0.25  # of free host (or device) memory for the KV pool
+    context_length: int | None = None  # None: the model's max_position_embeddings
+    # scheduling
+    max_running_requests: int = 64
+    max_prefill_tokens: int = 4096
+    chunked_prefill_size: int = 2048  # <= 0 disables chunking
+    schedule_policy: str = "lpm"
+    schedule_conservativeness: float = 1.0
+    lpm_aging_seconds: float = 2.0  # LPM: each waiting second is worth this many fractions of a full hit
+    # cache
+    disable_radix_cache: bool = False
+    radix_eviction_policy: str = "lru"
+    pair_policy: str = "none"  # default refine policy for icl requests that do not say
+    pair_table_capacity: int = 200
+    # kernels
+    attention_backend: str = "auto"
+    num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
+    # server
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: str | None = None
+    log_level: str = "info"
+    tp_size: int = 1
+    trace_file: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def validate(self) -> "ServerArgs":
+        """Raise ValueError naming the first bad field; return self so it chains."""
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"{name}: {why} (got {getattr(self, name)!r})")
+
+        if self.dtype not in DTYPES:
+            bad("dtype", f"must be one of {DTYPES}")
+        if self.page_size < 1:
+            bad("page_size", "must be >= 1")
+        if self.kv_cache_tokens is not None and self.kv_cache_tokens < self.page_size:
+            bad("kv_cache_tokens", "must hold at least one page")
+        if not 0.0 < self.mem_fraction <= 0.95:
+            bad("mem_fraction", "must be in (0, 0.95]")
+        if self.max_running_requests < 1:
+            bad("max_running_requests", "must be >= 1")
+        if self.max_prefill_tokens < 1:
+            bad("max_prefill_tokens", "must be >= 1")
+        if self.schedule_policy not in SCHEDULE_POLICIES:
+            bad("schedule_policy", f"must be one of {SCHEDULE_POLICIES}")
+        if not 0.0 < self.schedule_conservativeness <= 10.0:
+            bad("schedule_conservativeness", "must be in (0, 10]")
+        if self.radix_eviction_policy not in EVICTION_POLICIES:
+            bad("radix_eviction_policy", f"must be one of {EVICTION_POLICIES}")
+        if self.pair_policy not in PAIR_POLICIES:
+            bad("pair_policy", f"must be one of {PAIR_POLICIES}")
+        if self.pair_table_capacity < 1:
+            bad("pair_table_capacity", "must be >= 1")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            bad("attention_backend", f"must be one of {ATTENTION_BACKENDS}")
+        if self.tp_size != 1:
+            bad("tp_size", "only 1 is supported (single device)")
+        if not 0 < self.port < 65536:
+            bad("port", "must be in 1..65535")
+        return self
+
+    def replace(self, **changes: Any) -> "ServerArgs":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"{sorted(unknown)[0]}: unknown flag")
+        return dataclasses.replace(self, **changes).validate()
+
+    @property
+    def effective_chunk_size(self) -> int:
+        """Largest extend per request per step; chunking off means 'no limit beyond the prefill budget'."""
+        return self.chunked_prefill_size if self.chunked_prefill_size > 0 else 1 << 30
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the model runner needs from a HF config.json (Qwen2 / Llama family)."""
+
+    architecture: str  # "qwen2" | "llama"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    eos_token_ids: tuple[int, ...]
+    rope_scaling: dict | None = None
+
+    @classmethod
+    def from_hf(cls, path: str) -> "ModelConfig":
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+        return cls.from_dict(cfg, path)
+
+    @classmethod
+    def from_dict(cls, cfg: dict, path: str = "<dict>") -> "ModelConfig":
+        mtype = cfg.get("model_type", "")
+        if mtype not in ("qwen2", "llama"):
+            raise ValueError(f"model_type: {mtype!r} in {path} is not supported (qwen2, llama)")
+        heads = cfg["num_attention_heads"]
+        hidden = cfg["hidden_size"]
+        eos = cfg.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+        rope_params = cfg.get("rope_parameters") or {}
+        rope_theta = cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+        rope_scaling = cfg.get("rope_scaling")
+        if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
+            rope_scaling = rope_params
+        return cls(
+            architecture=mtype,
+            vocab_size=cfg["vocab_size"],
+            hidden_size=hidden,
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads", heads),
+            head_dim=cfg.get("head_dim") or hidden // heads,
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope_theta),
+            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=(mtype == "qwen2") or bool(cfg.get("attention_bias", False)),
+            eos_token_ids=eos_ids,
+            rope_scaling=rope_scaling,
+        )
