@@ -1,0 +1,60 @@
+"""Torch-native attention (the CPU default): SDPA per request for extend, one padded SDPA for decode."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.attention.base import AttentionBackend, ForwardBatch
+from engine.scheduler.batch import ForwardMode
+
+
+class TorchNativeBackend(AttentionBackend):
+    def init_forward(self, fb: ForwardBatch) -> None:
+        self._decode_meta = None
+        if fb.mode is ForwardMode.DECODE:
+            max_len = max(fb.seq_lens_list)
+            # Padded positions read slot 0 (the reserved page) and are masked out.
+            idx = fb.req_to_token[fb.req_pool_indices, :max_len].long()  # [B, L]
+            valid = torch.arange(max_len, device=idx.device)[None, :] < fb.seq_lens[:, None]  # [B, L]
+            self._decode_meta = (idx, valid[:, None, None, :])  # mask [B, 1, 1, L]
+
+    def forward(self, q, k, v, layer_id: int, fb: ForwardBatch) -> torch.Tensor:
+        fb.kv_pool.set_kv(layer_id, fb.out_cache_loc, k, v)
+        k_buf, v_buf = fb.kv_pool.get_kv(layer_id)
+        if fb.mode is ForwardMode.DECODE:
+            return self._decode(q, k_buf, v_buf, fb)
+        return self._extend(q, k, v, k_buf, v_buf, fb)
+
+    def _decode(self, q, k_buf, v_buf, fb: ForwardBatch) -> torch.Tensor:
+        idx, mask = self._decode_meta
+        B, H, D = q.shape
+        k = k_buf[idx].transpose(1, 2)  # [B, KVH, L, D]
+        v = v_buf[idx].transpose(1, 2)
+        o = F.scaled_dot_product_attention(q.view(B, H, 1, D), k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+                                           scale=fb.sm_scale, enable_gqa=True)  # [B, H, 1, D]
+        return o.reshape(B, H * D)
+
+    def _extend(self, q, k_new, v_new, k_buf, v_buf, fb: ForwardBatch) -> torch.Tensor:
+        T, H, D = q.shape
+        out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
+        start = 0
+        rows = fb.req_pool_indices.tolist()
+        for b, (prefix, ext) in enumerate(zip(fb.prefix_lens_list, fb.extend_lens_list)):
+            qb = q[start:start + ext].transpose(0, 1)[None]  # [1, H, ext, D]
+            if prefix == 0:
+                kb = k_new[start:start + ext].transpose(0, 1)[None]  # [1, KVH, ext, D]
+                vb = v_new[start:start + ext].transpose(0, 1)[None]
+                mask, causal = None, True
+            else:
+                idx = fb.req_to_token[rows[b], :prefix + ext].long()
+                kb = k_buf[idx].transpose(0, 1)[None].to(q.dtype)  # [1, KVH, S, D]
+                vb = v_buf[idx].transpose(0, 1)[None].to(q.dtype)
+                # new token i sits at position prefix + i and sees keys 0..prefix + i
+                qpos = torch.arange(prefix, prefix + ext, device=q.device)[:, None]
+                mask = torch.arange(prefix + ext, device=q.device)[None, :] <= qpos  # [ext, S]
+                causal = False
+            o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, is_causal=causal, scale=fb.sm_scale,
+                                               enable_gqa=True)
+            out[start:start + ext] = o[0].transpose(0, 1)
+            start += ext
+        return out.view(T, H * D)

@@ -1,0 +1,191 @@
+"""In-process engine: `Engine(model_path=..., **flags).generate(...)`, streaming, async, stats, shutdown.
+
+Every caller drives the same `EngineLoop.step()` under one lock and each step's outputs are routed to the
+requests they belong to, so concurrent `generate` / `stream` / `async_generate` callers batch together.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from typing import Any, Iterator
+
+from engine.config import ServerArgs
+from engine.detokenize import IncrementalDetokenizer
+from engine.loop import EngineLoop
+from engine.models.loader import load_tokenizer, resolve_model_path
+from engine.request_input import RequestInput, normalize_inputs
+from engine.sampling_params import SamplingParams
+from engine.scheduler import StepOutput
+
+
+@dataclasses.dataclass
+class _ReqState:
+    inp: RequestInput
+    detok: IncrementalDetokenizer
+    start: float
+    output_ids: list[int] = dataclasses.field(default_factory=list)
+    text: str = ""
+    delta: str = ""
+    last: StepOutput | None = None
+    finished: bool = False
+
+    def result(self) -> dict[str, Any]:
+        o = self.last
+        meta = {
+            "id": self.inp.rid,
+            "prompt_tokens": len(self.inp.input_ids),
+            "completion_tokens": len(self.output_ids),
+            "cached_tokens": o.cached_tokens if o else 0,
+            "finish_reason": o.finish_reason if o else None,
+            "e2e_latency": time.monotonic() - self.start,
+        }
+        if o and o.extra:
+            meta.update(o.extra)
+        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
+
+
+class Engine:
+    def __init__(self, model_path: str | None = None, **flags: Any):
+        if model_path is not None:
+            flags["model_path"] = model_path
+        self.args = ServerArgs(**flags).validate()
+        path = resolve_model_path(self.args.model_path)
+        self.tokenizer = load_tokenizer(path)
+        self.loop = EngineLoop(self.args, path, self.tokenizer)
+        self._lock = threading.Lock()
+        self._states: dict[str, _ReqState] = {}
+        self._closed = False
+
+    # --- submitting -----------------------------------------------------------------------------------
+    def _submit(self, prompt, sampling_params, input_ids) -> tuple[list[_ReqState], bool]:
+        if self._closed:
+            raise RuntimeError("engine is shut down")
+        inputs, single = normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.loop.context_len)
+        states = []
+        with self._lock:
+            for inp in inputs:
+                sp: SamplingParams = inp.sampling
+                detok = IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens, sp.stop, sp.no_stop_trim)
+                self.loop.add(inp.rid, inp.input_ids, sp, inp.segments, inp.extra)
+                states.append(_ReqState(inp, detok, time.monotonic()))
+                self._states[inp.rid] = states[-1]
+        return states, single
+
+    def _step(self) -> None:
+        with self._lock:
+            if not self.loop.has_work():
+                return
+            for out in self.loop.step():
+                st = self._states.get(out.rid)
+                if st is None:
+                    continue
+                st.last = out
+                st.output_ids.extend(out.new_token_ids)
+                delta = st.detok.add(out.new_token_ids)
+                if out.finished:
+                    delta += st.detok.finish()
+                    st.finished = True
+                    del self._states[out.rid]
+                st.text += delta
+                st.delta += delta
+
+    def _drive(self, states: list[_ReqState]) -> None:
+        try:
+            while not all(s.finished for s in states):
+                self._step()
+        except BaseException:
+            for s in states:
+                self.abort(s.inp.rid)
+            raise
+
+    # --- public API -----------------------------------------------------------------------------------
+    def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
+                 input_ids: list[int] | list[list[int]] | None = None, stream: bool = False):
+        """Generate for one prompt (→ dict) or a batch (→ list of dicts, in order).
+
+        Each dict: {"text", "output_ids", "meta_info": {"prompt_tokens", "completion_tokens", "cached_tokens",
+        "finish_reason", "e2e_latency", ...}}. With stream=True (single prompt), returns an iterator of
+        dicts whose "text" is the text so far and "delta" the new part. Bad input raises ValueError naming
+        the field, and nothing is queued.
+        """
+        states, single = self._submit(prompt, sampling_params, input_ids)
+        if stream:
+            if len(states) != 1:
+                raise ValueError("stream: streaming takes a single prompt")
+            return self._stream(states[0])
+        self._drive(states)
+        results = [s.result() for s in states]
+        return results[0] if single else results
+
+    def _stream(self, st: _ReqState) -> Iterator[dict]:
+        try:
+            while True:
+                self._step()
+                if st.delta or st.finished:
+                    out = st.result()
+                    out["delta"], st.delta = st.delta, ""
+                    yield out
+                if st.finished:
+                    return
+        finally:
+            if not st.finished:
+                self.abort(st.inp.rid)
+
+    async def async_generate(self, prompt=None, sampling_params=None, input_ids=None):
+        """Async `generate` (non-streaming): steps run in a worker thread so the event loop stays free."""
+        states, single = self._submit(prompt, sampling_params, input_ids)
+        try:
+            while not all(s.finished for s in states):
+                await asyncio.to_thread(self._step)
+        except BaseException:
+            for s in states:
+                self.abort(s.inp.rid)
+            raise
+        results = [s.result() for s in states]
+        return results[0] if single else results
+
+    def abort(self, rid: str) -> None:
+        with self._lock:
+            self.loop.abort(rid)
+
+    def get_stats(self) -> dict[str, Any]:
+        with self._lock:
+            sch = self.loop.scheduler
+            kv = sch.kv
+            stats = dataclasses.asdict(sch.stats)
+            stats.update(
+                num_running=len(sch.running) + (sch.chunked is not None), num_waiting=len(sch.waiting),
+                kv_capacity_tokens=kv.capacity, kv_free_tokens=kv.allocator.num_free,
+                cache_tokens=kv.tree.total_size() if kv.tree else 0,
+                cache_evictable_tokens=kv.tree.evictable_size if kv.tree else 0,
+                evicted_tokens_total=kv.evicted_tokens_total,
+                token_hit_rate=stats["prefix_cache_hits_total"] / max(stats["prefix_cache_queries_total"], 1),
+            )
+            return stats
+
+    def flush_cache(self) -> bool:
+        """Drop every cached prefix; only when idle (returns False otherwise)."""
+        with self._lock:
+            sch = self.loop.scheduler
+            if sch.has_work() or sch.kv.tree is None:
+                return sch.kv.tree is None and not sch.has_work()
+            sch.kv.tree.reset()
+            return True
+
+    def check_integrity(self) -> None:
+        with self._lock:
+            self.loop.scheduler.check_integrity()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for rid in list(self._states):
+                self.loop.abort(rid)
+            self._closed = True
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

