@@ -35,7 +35,7 @@ class _ReqState:
         o = self.last
         meta = {
             "id": self.inp.rid,
-            "prompt_tokens": len(self.inp.input_ids),
+            "prompt_tokens": o.prompt_tokens if o else len(self.inp.input_ids),
             "completion_tokens": len(self.output_ids),
             "cached_tokens": o.cached_tokens if o else 0,
             "finish_reason": o.finish_reason if o else None,
@@ -59,16 +59,17 @@ class Engine:
         self._closed = False
 
     # --- submitting -----------------------------------------------------------------------------------
-    def _submit(self, prompt, sampling_params, input_ids) -> tuple[list[_ReqState], bool]:
+    def _submit(self, prompt, sampling_params, input_ids, icl=None) -> tuple[list[_ReqState], bool]:
         if self._closed:
             raise RuntimeError("engine is shut down")
-        inputs, single = normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.loop.context_len)
+        inputs, single = normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.loop.context_len,
+                                          icl, self.args.pair_policy)
         states = []
         with self._lock:
             for inp in inputs:
                 sp: SamplingParams = inp.sampling
                 detok = IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens, sp.stop, sp.no_stop_trim)
-                self.loop.add(inp.rid, inp.input_ids, sp, inp.segments, inp.extra)
+                self.loop.add(inp.rid, inp.input_ids, sp, inp.icl)
                 states.append(_ReqState(inp, detok, time.monotonic()))
                 self._states[inp.rid] = states[-1]
         return states, single
@@ -102,15 +103,18 @@ class Engine:
 
     # --- public API -----------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
-                 input_ids: list[int] | list[list[int]] | None = None, stream: bool = False):
+                 input_ids: list[int] | list[list[int]] | None = None, stream: bool = False,
+                 icl: dict | list[dict] | None = None):
         """Generate for one prompt (→ dict) or a batch (→ list of dicts, in order).
 
         Each dict: {"text", "output_ids", "meta_info": {"prompt_tokens", "completion_tokens", "cached_tokens",
         "finish_reason", "e2e_latency", ...}}. With stream=True (single prompt), returns an iterator of
         dicts whose "text" is the text so far and "delta" the new part. Bad input raises ValueError naming
-        the field, and nothing is queued.
+        the field, and nothing is queued. `icl` ({"instruction", "examples": [{"input", "output"}], "query",
+        "refine": none|table|native}) renders an ICL prompt whose examples PAIR may reorder at admission;
+        meta_info then carries icl_order and icl_substituted.
         """
-        states, single = self._submit(prompt, sampling_params, input_ids)
+        states, single = self._submit(prompt, sampling_params, input_ids, icl)
         if stream:
             if len(states) != 1:
                 raise ValueError("stream: streaming takes a single prompt")
@@ -133,9 +137,9 @@ class Engine:
             if not st.finished:
                 self.abort(st.inp.rid)
 
-    async def async_generate(self, prompt=None, sampling_params=None, input_ids=None):
+    async def async_generate(self, prompt=None, sampling_params=None, input_ids=None, icl=None):
         """Async `generate` (non-streaming): steps run in a worker thread so the event loop stays free."""
-        states, single = self._submit(prompt, sampling_params, input_ids)
+        states, single = self._submit(prompt, sampling_params, input_ids, icl)
         try:
             while not all(s.finished for s in states):
                 await asyncio.to_thread(self._step)

@@ -9,7 +9,8 @@ import random
 from engine.config import ServerArgs
 from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Req, Scheduler, Segments, StepOutput
+from engine.pair.render import IclPrompt
+from engine.scheduler import Req, Scheduler, StepOutput
 
 
 class EngineLoop:
@@ -31,13 +32,14 @@ class EngineLoop:
             ids.add(tokenizer.eos_token_id)
         return tuple(sorted(ids))
 
-    def add(self, rid: str, input_ids: list[int], sampling: SamplingParams, segments: Segments | None = None,
-            extra: dict | None = None) -> None:
-        """Queue one request. Raises ValueError (naming the field) if it cannot run; nothing is queued then."""
+    def add(self, rid: str, input_ids: list[int], sampling: SamplingParams, icl: IclPrompt | None = None) -> None:
+        """Queue one request. Raises ValueError (naming the field) if it cannot run; nothing is queued then.
+
+        With `icl`, input_ids is its unrefined assembly; PAIR may rewrite it when the request is admitted."""
         sampling.validate()
         seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(63)
         req = Req(rid=rid, input_ids=list(input_ids), sampling=sampling, eos_token_ids=self.eos_token_ids,
-                  seed=seed, segments=segments, extra=dict(extra or {}))
+                  seed=seed, icl=icl)
         self.scheduler.add(req)
 
     def abort(self, rid: str) -> None:

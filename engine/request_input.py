@@ -8,8 +8,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from engine.pair.render import IclPrompt, render_icl, validate_icl
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Segments
 
 
 @dataclass
@@ -17,8 +17,7 @@ class RequestInput:
     rid: str
     input_ids: list[int]
     sampling: SamplingParams
-    segments: Segments | None = None
-    extra: dict = field(default_factory=dict)
+    icl: IclPrompt | None = None
 
 
 def _as_list(x, n: int, name: str) -> list:
@@ -29,12 +28,22 @@ def _as_list(x, n: int, name: str) -> list:
     return [x] * n
 
 
-def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len: int
-                     ) -> tuple[list[RequestInput], bool]:
-    """Returns (requests, single) where single says the caller passed one prompt rather than a list."""
-    if (prompt is None) == (input_ids is None):
-        raise ValueError("prompt: give exactly one of prompt or input_ids")
-    if prompt is not None:
+def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len: int, icl=None,
+                     default_refine: str = "none") -> tuple[list[RequestInput], bool]:
+    """Returns (requests, single) where single says the caller passed one prompt rather than a list.
+
+    Exactly one of prompt (str | list[str]), input_ids (list[int] | list[list[int]]) or icl (dict | list[dict])."""
+    if sum(x is not None for x in (prompt, input_ids, icl)) != 1:
+        raise ValueError("prompt: give exactly one of prompt, input_ids or icl")
+    icl_prompts: list = []
+    if icl is not None:
+        single = isinstance(icl, dict)
+        items = [icl] if single else icl
+        if not isinstance(items, list) or not items:
+            raise ValueError("icl: must be an object or a non-empty list of objects")
+        icl_prompts = [render_icl(tokenizer, validate_icl(x, default_refine)) for x in items]
+        ids_list = [p.assemble(p.examples)[0] for p in icl_prompts]
+    elif prompt is not None:
         single = isinstance(prompt, str)
         prompts = [prompt] if single else prompt
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
@@ -55,8 +64,8 @@ def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len:
     vocab = len(tokenizer)
     sps = _as_list(sampling_params, len(ids_list), "sampling_params")
     out = []
-    for ids, spd in zip(ids_list, sps):
-        name = "prompt" if prompt is not None else "input_ids"
+    for i, (ids, spd) in enumerate(zip(ids_list, sps)):
+        name = "input_ids" if input_ids is not None else ("icl" if icl is not None else "prompt")
         if not ids:
             raise ValueError(f"{name}: empty prompt")
         if any(t < 0 or t >= vocab for t in ids):
@@ -65,5 +74,5 @@ def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len:
             raise ValueError(f"{name}: {len(ids)} tokens do not fit the context length {context_len}")
         sp = SamplingParams.from_dict(spd)
         sp.validate()
-        out.append(RequestInput(uuid.uuid4().hex, list(ids), sp))
+        out.append(RequestInput(uuid.uuid4().hex, list(ids), sp, icl=icl_prompts[i] if icl_prompts else None))
     return out, single

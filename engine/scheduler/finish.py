@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from engine.detokenize import find_stop_in_tail
 from engine.scheduler.batch import StepOutput
 from engine.scheduler.request import FinishKind, FinishReason, Req
 
@@ -19,10 +20,9 @@ def check_finish(req: Req, token: int, context_len: int, decode_fn: Callable[[li
     if sp.stop:
         # A stop string can span token boundaries: decode a tail long enough to contain any of them.
         n = max(len(s) for s in sp.stop) + STOP_TAIL_EXTRA_TOKENS
-        tail = decode_fn(req.output_ids[-n:])
-        for s in sp.stop:
-            if s in tail:
-                return FinishReason(FinishKind.STOP, matched=s)
+        matched = find_stop_in_tail(decode_fn(req.output_ids[-n:]), sp.stop)
+        if matched is not None:
+            return FinishReason(FinishKind.STOP, matched=matched)
     if len(req.output_ids) >= sp.max_new_tokens or req.seq_len >= context_len:
         return FinishReason(FinishKind.LENGTH)
     return None

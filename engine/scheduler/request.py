@@ -59,6 +59,7 @@ class Req:
     eos_token_ids: tuple[int, ...] = ()
     seed: int = 0
     segments: Segments | None = None
+    icl: Any = None  # engine.pair.render.IclPrompt for ICL requests; PAIR rewrites input_ids at admission
     arrival_time: float = field(default_factory=time.monotonic)
     # generation state
     output_ids: list[int] = field(default_factory=list)

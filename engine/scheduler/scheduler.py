@@ -17,7 +17,8 @@ from engine.scheduler.batch import ForwardMode, ScheduledBatch, StepOutput, Tabl
 from engine.scheduler.finish import check_finish, finish_output
 from engine.scheduler.kv_manager import KVManager
 from engine.scheduler.policy import order_waiting
-from engine.scheduler.request import FinishKind, FinishReason, Req, ReqStatus
+from engine.pair.refiner import PairRefiner
+from engine.scheduler.request import FinishKind, FinishReason, Req, ReqStatus, Segments
 
 CLIP_NEW_TOKENS = 4096  # reservation per request is capped: max_new_tokens is often a loose upper bound
 IN_BATCH_DEDUP_MIN = 32  # defer a request whose uncached prefix shares this many tokens with one admitted now
@@ -46,6 +47,7 @@ class Scheduler:
         self.running: list[Req] = []  # decoding requests, in admission order
         self.chunked: Req | None = None  # the one request mid-way through a chunked prefill
         self.stats = SchedulerStats()
+        self.pair = PairRefiner(args.pair_table_capacity)
         self._pending: list[StepOutput] = []
         self._aborts: set[str] = set()
         self._init_ratio = min(0.7 * args.schedule_conservativeness, 1.0)
@@ -72,6 +74,9 @@ class Scheduler:
         """Apply live knobs (the pool size and page size cannot change)."""
         self.args = args
         self._init_ratio = min(0.7 * args.schedule_conservativeness, 1.0)
+        self.pair.set_table_capacity(args.pair_table_capacity)
+        if self.kv.tree is not None:
+            self.kv.tree.set_eviction_policy(args.radix_eviction_policy)
 
     @property
     def num_live(self) -> int:
@@ -102,8 +107,9 @@ class Scheduler:
             req.table_len = max(req.table_len, req.kv_len)
             if batch.mode is ForwardMode.EXTEND:
                 self.stats.prefill_tokens_computed_total += ext
-            if not do_sample:
+                # Cache the prompt now, not at finish, so concurrent requests (and PAIR) see it.
                 self.kv.cache_unfinished(req)
+            if not do_sample:
                 continue
             if req is self.chunked:
                 self.chunked = None
@@ -130,6 +136,9 @@ class Scheduler:
     def _schedule_prefill(self) -> ScheduledBatch | None:
         if self.chunked is None and not self.waiting:
             return None
+        for req in self.waiting:
+            if req.icl is not None and "icl_order" not in req.extra:
+                self._refine(req)
         args = self.args
         token_budget = args.max_prefill_tokens
         chunk = args.effective_chunk_size
@@ -186,6 +195,19 @@ class Scheduler:
                 self.chunked = req
                 break
         return self._build_extend(picked) if picked else None
+
+    def _refine(self, req: Req) -> None:
+        """PAIR at admission time: reorder / substitute the request's examples against the live tree."""
+        res = self.pair.refine(self.kv.tree, req.icl)
+        ids, boundaries, seg_ids = req.icl.assemble(res.examples)
+        if len(ids) >= self.context_len or len(ids) + 1 > self.kv.capacity:
+            # Substituted examples made it too long: keep the request's own examples, in the refined order.
+            ids, boundaries, seg_ids = req.icl.assemble([req.icl.examples[i] for i in res.order])
+            res = type(res)(res.examples, res.order, 0)
+        req.input_ids = ids
+        req.segments = Segments(boundaries, seg_ids)
+        req.extra["icl_order"] = list(res.order)
+        req.extra["icl_substituted"] = res.substituted
 
     def _shares_uncached_prefix(self, req: Req, cached: int, picked: list[tuple[Req, int]]) -> bool:
         """In-batch prefix dedup: wait one step for a peer admitted now to cache the shared part."""

@@ -1,0 +1,131 @@
+"""Offline throughput: prefill and decode tokens/s at several batch sizes, against the machine and HF.
+
+    python -m bench.offline [--model bench|demo|PATH] [--batches 1,8,32] [--prompt-len 256] [--new-tokens 64]
+
+For each batch size B (same random prompts for every system):
+- pairserve prefill tok/s (max_new_tokens=1) and decode tok/s ((B * (N-1)) / (t_N - t_1));
+- the same run's measured bf16 / fp32 matmul FLOP/s and the fraction of it that prefill achieves
+  (model FLOPs = 2 * non-embedding params per token + attention);
+- HF transformers padded batched `generate` (left padding, its fastest CPU mode) on the same prompts, and the ratio.
+The radix cache is disabled so every prompt is computed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+
+from bench.machine import matmul_flops
+
+
+def _model_path(name: str) -> str:
+    if name == "bench":
+        from engine.models.tiny import write_tiny_checkpoint
+
+        return write_tiny_checkpoint(tempfile.mkdtemp(prefix="pairserve-bench-"), preset="bench", seed=0)
+    from engine.models.loader import resolve_model_path
+
+    return resolve_model_path(name)
+
+
+def flops_per_token(cfg, context: int) -> float:
+    """Forward FLOPs of one token at a given context length (matmuls only)."""
+    h, L = cfg.hidden_size, cfg.num_layers
+    qkv = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+    per_layer = qkv + cfg.num_heads * cfg.head_dim * h + 3 * h * cfg.intermediate_size
+    attn = 2 * cfg.num_heads * cfg.head_dim * context  # QK^T and PV
+    return 2.0 * (L * (per_layer + attn) + h * cfg.vocab_size / max(context, 1))
+
+
+def run_pairserve(path: str, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, float]:
+    from engine import Engine
+
+    budget = sum(len(p) for p in prompts)
+    with Engine(model_path=path, dtype=dtype, disable_radix_cache=True, max_running_requests=len(prompts),
+                max_prefill_tokens=max(budget, 256), chunked_prefill_size=-1,
+                kv_cache_tokens=budget + len(prompts) * (new_tokens + 8)) as eng:
+        warm = {"max_new_tokens": 2, "temperature": 0, "ignore_eos": True}
+        eng.generate(input_ids=prompts[:1], sampling_params=warm)
+        t = time.perf_counter()
+        eng.generate(input_ids=prompts, sampling_params={**warm, "max_new_tokens": 1})
+        t1 = time.perf_counter() - t
+        t = time.perf_counter()
+        eng.generate(input_ids=prompts, sampling_params={**warm, "max_new_tokens": new_tokens})
+        tn = time.perf_counter() - t
+    return t1, tn
+
+
+def run_hf(path: str, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, float]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+    n = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), n), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):  # left padding
+        ids[i, n - len(p):] = torch.tensor(p)
+        mask[i, n - len(p):] = 1
+
+    def gen(k: int) -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=k, min_new_tokens=k,
+                           do_sample=False, pad_token_id=0)
+        return time.perf_counter() - t
+
+    gen(2)
+    return gen(1), gen(new_tokens)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="bench")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--prompt-len", type=int, default=256)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    from engine.config import ModelConfig
+
+    path = _model_path(a.model)
+    cfg = ModelConfig.from_hf(path)
+    peak = {dt: matmul_flops(getattr(torch, dt)) for dt in ("bfloat16", "float32")}
+    print(f"model {a.model} ({cfg.architecture}, {cfg.num_layers} layers, hidden {cfg.hidden_size}); threads "
+          f"{torch.get_num_threads()}; matmul peak bf16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s, "
+          f"fp32 {peak['float32'] / 1e9:.0f} GFLOP/s")
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for B in [int(x) for x in a.batches.split(",")]:
+        prompts = [torch.randint(10, cfg.vocab_size - 10, (a.prompt_len,), generator=g).tolist() for _ in range(B)]
+        t1, tn = run_pairserve(path, prompts, a.new_tokens, a.dtype)
+        prefill_tps = B * a.prompt_len / t1
+        decode_tps = B * (a.new_tokens - 1) / max(tn - t1, 1e-9)
+        frac = prefill_tps * flops_per_token(cfg, a.prompt_len // 2) / peak[a.dtype]
+        row = {"batch": B, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps, "prefill_peak_frac": frac}
+        if not a.no_hf:
+            h1, hn = run_hf(path, prompts, a.new_tokens, a.dtype)
+            row.update(hf_prefill_tok_s=B * a.prompt_len / h1, hf_decode_tok_s=B * (a.new_tokens - 1) / (hn - h1),
+                       hf_total_s=hn, total_s=tn, speedup_total=hn / tn)
+        rows.append(row)
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    print()
+    print("| batch | prefill tok/s | % of matmul peak | decode tok/s | HF prefill tok/s | HF decode tok/s | "
+          "end-to-end speedup vs HF |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        hf = (f"{r['hf_prefill_tok_s']:.0f} | {r['hf_decode_tok_s']:.0f} | {r['speedup_total']:.2f}×"
+              if "hf_total_s" in r else "- | - | -")
+        print(f"| {r['batch']} | {r['prefill_tok_s']:.0f} | {100 * r['prefill_peak_frac']:.0f}% | "
+              f"{r['decode_tok_s']:.0f} | {hf} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"model": a.model, "peak_flops": peak, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

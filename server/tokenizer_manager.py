@@ -1,0 +1,301 @@
+"""TokenizerManager: the main process's side of the engine — tokenize, submit, route outputs back to requests.
+
+It validates and tokenizes with `engine.request_input.normalize_inputs` (the same rules as the in-process
+Engine), sends `GenerateReq`s to the scheduler, and keeps rid → request state. One receive task reads the
+PULL socket every child writes to: text deltas go to the owning `RequestGroup`'s queue, stats and control
+replies resolve futures. After `fail_all` (a child died, or shutdown) every waiting caller gets an APIError
+and new submissions get 503.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import zmq
+import zmq.asyncio
+
+from server.errors import APIError
+from server.ipc import IpcAddresses, pull_socket, push_socket, send
+from server.messages import (AbortReq, BatchTextOut, ChildFailed, FlushCacheOut, FlushCacheReq, GenerateReq, Ready,
+                             ShutdownReq, StatsOut, StatsReq, TextOut, decode)
+from server.metrics import ServerMetrics
+
+REPLY_TIMEOUT_S = 10.0
+DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks whether its client went away
+
+logger = logging.getLogger("pairserve.server")
+
+
+@dataclass
+class ReqEvent:
+    """One step of one engine request, addressed by its index in the group (choice index)."""
+
+    index: int
+    delta: str
+    new_token_ids: list[int]
+    finished: bool
+    finish_reason: dict[str, Any] | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    extra: dict[str, Any] | None = None
+    error: APIError | None = None
+
+
+@dataclass
+class ReqResult:
+    """A finished engine request, as `RequestGroup.collect` returns it."""
+
+    text: str
+    output_ids: list[int]
+    finish_reason: dict[str, Any] | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    extra: dict[str, Any] | None
+    e2e_latency: float
+
+
+@dataclass
+class _ReqState:
+    group: "RequestGroup"
+    index: int
+    arrival: float
+    last_output: float | None = None
+
+
+class RequestGroup:
+    """The engine requests behind one HTTP request (prompts × n); their events share one queue."""
+
+    def __init__(self, manager: "TokenizerManager", rids: list[str]):
+        self.manager = manager
+        self.rids = rids
+        self.queue: asyncio.Queue[ReqEvent] = asyncio.Queue()
+        self.finished = [False] * len(rids)
+        self.created = time.monotonic()
+
+    @property
+    def done(self) -> bool:
+        return all(self.finished)
+
+    async def events(self) -> AsyncIterator[ReqEvent]:
+        """Every event until each request has finished; an error event ends the iteration after it is yielded."""
+        while not self.done:
+            ev = await self.queue.get()
+            self.finished[ev.index] = self.finished[ev.index] or ev.finished
+            yield ev
+            if ev.error is not None:
+                return
+
+    def abort(self) -> None:
+        """Abort every request of the group that has not finished (idempotent)."""
+        for i, rid in enumerate(self.rids):
+            if not self.finished[i]:
+                self.finished[i] = True
+                self.manager.abort(rid)
+
+    async def collect(self, is_disconnected: Callable[[], Awaitable[bool]]) -> list[ReqResult]:
+        """Wait for all results; raise the first error. Aborts the group if the client goes away meanwhile."""
+        texts: list[list[str]] = [[] for _ in self.rids]
+        ids: list[list[int]] = [[] for _ in self.rids]
+        results: list[ReqResult | None] = [None] * len(self.rids)
+        try:
+            while not self.done:
+                try:
+                    ev = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if await is_disconnected():
+                        raise APIError(499, "client disconnected") from None
+                    continue
+                if ev.error is not None:
+                    raise ev.error
+                texts[ev.index].append(ev.delta)
+                ids[ev.index].extend(ev.new_token_ids)
+                if ev.finished:
+                    self.finished[ev.index] = True
+                    results[ev.index] = ReqResult("".join(texts[ev.index]), ids[ev.index], ev.finish_reason,
+                                                  ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens,
+                                                  ev.extra, time.monotonic() - self.created)
+        finally:
+            self.abort()
+        return results  # type: ignore[return-value]
+
+
+class TokenizerManager:
+    def __init__(self, tokenizer, addrs: IpcAddresses, metrics: ServerMetrics, pair_policy: str = "none"):
+        self.tokenizer = tokenizer
+        self.metrics = metrics
+        self.pair_policy = pair_policy
+        self.context_len = 0  # known once the scheduler is ready
+        self.actx = zmq.asyncio.Context()
+        self.sctx = zmq.Context()
+        self.recv_sock = pull_socket(self.actx, addrs.tokenizer)
+        self.to_scheduler = push_socket(self.sctx, addrs.scheduler)
+        self.to_detokenizer = push_socket(self.sctx, addrs.detokenizer)
+        self.states: dict[str, _ReqState] = {}
+        self.replies: dict[int, asyncio.Future] = {}
+        self.seq = itertools.count(1)
+        self.dead_reason: str | None = None
+        self.dead_status = 503
+        self.ready_info: dict[str, Ready] = {}
+
+    # --- startup --------------------------------------------------------------------------------------
+    async def wait_ready(self, names: set[str], check_alive: Callable[[], None], timeout_s: float) -> None:
+        """Wait for a Ready from each named child. Raises RuntimeError if one fails, dies, or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while set(self.ready_info) != names:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"children not ready after {timeout_s:.0f} s: missing {names - set(self.ready_info)}")
+            check_alive()
+            if not await self.recv_sock.poll(500, zmq.POLLIN):
+                continue
+            msg = decode(await self.recv_sock.recv())
+            if isinstance(msg, ChildFailed):
+                raise RuntimeError(f"{msg.who} failed to start: {msg.message}")
+            if isinstance(msg, Ready):
+                self.ready_info[msg.who] = msg
+            elif isinstance(msg, StatsOut) and msg.seq == 0:
+                self.metrics.scheduler_stats = msg.stats
+        self.context_len = self.ready_info["scheduler"].info["context_len"]
+
+    # --- submitting -----------------------------------------------------------------------------------
+    def tokenize(self, prompt=None, input_ids=None, sampling_params=None, icl=None):
+        """normalize_inputs with this server's tokenizer and context: (list[RequestInput], single)."""
+        from engine.request_input import normalize_inputs
+
+        if icl is not None:
+            return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len,
+                                    icl=icl, default_refine=self.pair_policy)
+        return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("messages: this model has no chat template; use /v1/completions")
+        try:
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # template errors are the client's messages not fitting the template
+            raise ValueError(f"messages: the chat template rejected them ({e})") from None
+
+    def submit(self, inputs: list) -> RequestGroup:
+        """Queue validated RequestInputs (engine.request_input) as one group; 503 once the engine is gone."""
+        if self.dead_reason is not None:
+            raise APIError(self.dead_status, self.dead_reason)
+        group = RequestGroup(self, [inp.rid for inp in inputs])
+        now = time.monotonic()
+        for index, inp in enumerate(inputs):
+            self.states[inp.rid] = _ReqState(group, index, now)
+            icl = dataclasses.asdict(inp.icl) if getattr(inp, "icl", None) is not None else None
+            send(self.to_scheduler, GenerateReq(inp.rid, list(inp.input_ids), dataclasses.asdict(inp.sampling), icl))
+        return group
+
+    def abort(self, rid: str) -> None:
+        if self.states.pop(rid, None) is not None and self.dead_reason is None:
+            send(self.to_scheduler, AbortReq(rid))
+
+    # --- control requests -----------------------------------------------------------------------------
+    async def _ask(self, make_msg: Callable[[int], Any]) -> Any:
+        if self.dead_reason is not None:
+            raise APIError(self.dead_status, self.dead_reason)
+        seq = next(self.seq)
+        fut = asyncio.get_running_loop().create_future()
+        self.replies[seq] = fut
+        send(self.to_scheduler, make_msg(seq))
+        try:
+            return await asyncio.wait_for(fut, REPLY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise APIError(503, "the scheduler did not answer in time") from None
+        finally:
+            self.replies.pop(seq, None)
+
+    async def get_stats(self) -> dict[str, Any]:
+        return (await self._ask(StatsReq)).stats
+
+    async def flush_cache(self) -> FlushCacheOut:
+        if self.states:
+            return FlushCacheOut(0, False, "requests are in flight; flush the cache when the server is idle")
+        return await self._ask(FlushCacheReq)
+
+    # --- receiving ------------------------------------------------------------------------------------
+    async def recv_loop(self) -> None:
+        """Runs for the server's lifetime: route every message from the children."""
+        while True:
+            data = await self.recv_sock.recv()
+            try:
+                msg = decode(data)
+            except ValueError as e:
+                logger.error("dropping a bad message: %s", e)
+                continue
+            if isinstance(msg, BatchTextOut):
+                now = time.monotonic()
+                for out in msg.outputs:
+                    self._on_output(out, now)
+            elif isinstance(msg, StatsOut):
+                if msg.seq == 0:
+                    self.metrics.scheduler_stats = msg.stats
+                self._resolve(msg.seq, msg)
+            elif isinstance(msg, FlushCacheOut):
+                self._resolve(msg.seq, msg)
+            elif isinstance(msg, ChildFailed):
+                logger.error("%s (pid %d) failed: %s", msg.who, msg.pid, msg.message)
+
+    def _resolve(self, seq: int, msg: Any) -> None:
+        fut = self.replies.get(seq)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def _on_output(self, out: TextOut, now: float) -> None:
+        st = self.states.get(out.rid)
+        if st is None:
+            return  # aborted: its last outputs are still in flight
+        since_last = None if st.last_output is None else now - st.last_output
+        self.metrics.observe_output(len(out.new_token_ids), now - st.arrival, since_last)
+        if out.new_token_ids:
+            st.last_output = now
+        error = None
+        reason = out.finish_reason or {}
+        if out.finished:
+            del self.states[out.rid]
+            status = reason.get("status_code")
+            if reason.get("type") == "abort":
+                # Aborts the server asked for never get here (their state is gone first): this one is an engine
+                # error or the engine giving up on the request; make sure the scheduler has let it go.
+                send(self.to_scheduler, AbortReq(out.rid))
+                error = APIError(status or 500, reason.get("message") or "request aborted by the engine")
+            else:
+                self.metrics.observe_finished(now - st.arrival, out.prompt_tokens, reason.get("type", "stop"))
+        st.group.queue.put_nowait(ReqEvent(st.index, out.text, list(out.new_token_ids), out.finished,
+                                           out.finish_reason, out.prompt_tokens, out.completion_tokens,
+                                           out.cached_tokens, out.extra, error))
+
+    # --- failure and shutdown -------------------------------------------------------------------------
+    def fail_all(self, status: int, reason: str) -> None:
+        """Stop serving: every in-flight request and control call fails with `status`, later ones too."""
+        if self.dead_reason is None:
+            self.dead_reason, self.dead_status = reason, status
+        for rid, st in list(self.states.items()):
+            st.group.queue.put_nowait(ReqEvent(st.index, "", [], True, None, 0, 0, 0, None,
+                                               APIError(status, reason)))
+            try:
+                send(self.to_scheduler, AbortReq(rid))
+            except zmq.ZMQError:
+                pass
+        self.states.clear()
+        for fut in self.replies.values():
+            if not fut.done():
+                fut.set_exception(APIError(status, reason))
+
+    def shutdown_children(self) -> None:
+        for sock in (self.to_scheduler, self.to_detokenizer):
+            try:
+                send(sock, ShutdownReq("server exiting"))
+            except zmq.ZMQError:
+                pass
+
+    def close(self) -> None:
+        self.actx.destroy(linger=0)
+        self.sctx.destroy(linger=0)
