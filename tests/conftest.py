@@ -35,6 +35,14 @@ def tiny_llama_dir(tmp_path_factory, tiny_model_dir) -> str:
     return out
 
 
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> str:
+    """SmolLM2-135M-Instruct converted once per session into a private cache dir (never the user's ~/.cache)."""
+    from engine.models.demo import resolve_demo_model
+
+    return resolve_demo_model(str(tmp_path_factory.mktemp("cache") / "smollm2"))
+
+
 @pytest.fixture
 def make_engine():
     """Build engines; on teardown each must be idle, pass check_integrity, and hold no KV once flushed."""

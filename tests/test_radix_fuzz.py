@@ -66,6 +66,7 @@ class RadixMachine(RuleBasedStateMachine):
         assert result.matched_len % self.page_size == 0 and result.matched_len <= len(key)
         assert self.tree.path_key(result.last_node) == key[: result.matched_len]
         assert self.tree.path_slots(result.last_node) == result.slots
+        assert all(n.last_access == self.now for n in [result.last_node, *result.last_node.ancestors()][:-1])
         # Longest: the next page is not cached under the match's end.
         next_page = tuple(key[result.matched_len : result.matched_len + self.page_size])
         assert len(next_page) < self.page_size or all(
@@ -247,9 +248,9 @@ def run_fuzz(max_examples: int, step_count: int) -> int:
 
 
 def test_radix_fuzz():
-    assert run_fuzz(max_examples=250, step_count=60) >= 10_000
+    assert run_fuzz(max_examples=300, step_count=60) >= 10_000
 
 
 @pytest.mark.slow
 def test_radix_fuzz_long():
-    assert run_fuzz(max_examples=1500, step_count=100) >= 100_000
+    assert run_fuzz(max_examples=2000, step_count=100) >= 100_000

@@ -63,15 +63,10 @@ def test_policy_names_match_config_and_unknown_policy_is_rejected():
         RadixCache(1, lambda slots: None, eviction_policy="mru")
 
 
-def test_empty_tree_matches_nothing():
-    tree, alloc, _, _ = make_tree()
-    result = tree.match_prefix([1, 2, 3])
-    assert (result.matched_len, result.slots, result.last_node) == (0, [], tree.root)
-    check(tree, alloc)
-
-
 def test_insert_returns_already_present_length_and_takes_only_the_suffix():
     tree, alloc, _, _ = make_tree()
+    empty = tree.match_prefix([1, 2, 3])
+    assert (empty.matched_len, empty.slots, empty.last_node) == (0, [], tree.root)
     present_len, first_slots = insert_fresh(tree, alloc, [1, 2, 3, 4])
     assert present_len == 0 and tree.total_size() == 4
     present_len, second_slots = insert_fresh(tree, alloc, [1, 2, 3, 4, 5, 6])
@@ -80,13 +75,9 @@ def test_insert_returns_already_present_length_and_takes_only_the_suffix():
     assert result.matched_len == 6
     assert result.slots == first_slots + second_slots[4:]
     assert tree.insert([1, 2, 3], result.slots[:3]) == 3
-    check(tree, alloc)
-
-
-def test_insert_rejects_mismatched_slot_count():
-    tree, _, _, _ = make_tree()
     with pytest.raises(ValueError, match="slots"):
         tree.insert([1, 2, 3], [7, 8])
+    check(tree, alloc)
 
 
 def test_match_ending_inside_a_node_splits_it():
@@ -144,24 +135,16 @@ def test_lock_and_unlock_keep_sizes_exact():
     check(tree, alloc)
 
 
-def _three_leaves(policy: str):
-    """Leaves A=[1,1] (hit 3x, oldest), B=[2,2] (hit 1x, newest), C=[3,3] (hit 2x, middle)."""
+@pytest.mark.parametrize("policy, order", [("lru", [(1, 1), (3, 3), (2, 2)]), ("lfu", [(2, 2), (3, 3), (1, 1)])])
+def test_eviction_order_follows_policy(policy, order):
     tree, alloc, freed, clock = make_tree(policy=policy)
-    for key in ([1, 1], [2, 2], [3, 3]):
-        insert_fresh(tree, alloc, key)
+    # [1,1]: 3 hits, least recent; [3,3]: 2 hits; [2,2]: 1 hit, most recent.
     for key, hits in (([1, 1], 3), ([3, 3], 2), ([2, 2], 1)):
+        insert_fresh(tree, alloc, key)
         for _ in range(hits):
             clock.tick()
             tree.match_prefix(key, record_hit=True)
     slot_to_key = {s: tuple(n.key) for n in tree.root.children.values() for s in n.value}
-    return tree, alloc, freed, slot_to_key
-
-
-@pytest.mark.parametrize(
-    "policy, order", [("lru", [(1, 1), (3, 3), (2, 2)]), ("lfu", [(2, 2), (3, 3), (1, 1)])]
-)
-def test_eviction_order_follows_policy(policy, order):
-    tree, alloc, freed, slot_to_key = _three_leaves(policy)
     assert tree.evict(1) == 2  # whole nodes only
     assert tree.evict(4) == 4
     assert [slot_to_key[group[0]] for group in freed] == order
@@ -219,10 +202,9 @@ def test_boundaries_split_existing_nodes():
     present_len, _ = insert_fresh(tree, alloc, [1, 2, 3, 4, 5, 6], boundaries=[3], segment_ids={5: "ex"})
     assert present_len == 6
     first = tree.root.children[(1,)]
-    assert first.key == [1, 2, 3]
     second = first.children[(4,)]
-    assert second.key == [4, 5] and second.segment_ends == {"ex"}
-    assert second.children[(6,)].key == [6]
+    assert (first.key, second.key, second.children[(6,)].key) == ([1, 2, 3], [4, 5], [6])
+    assert second.segment_ends == {"ex"} and not first.segment_ends
     check(tree, alloc)
 
 
@@ -281,26 +263,17 @@ def test_segment_policy_drops_query_tails_then_cold_examples():
     clock.tick()
     tree.match_prefix(INSTR + EX2, record_hit=True)  # cold is more recent than hot: LRU would drop hot first
     clock.tick()
-    _icl_insert(tree, alloc, [("hot", EX1)], [7, 7])  # the newest node, but a query tail
-    slot_to_path = {s: tuple(tree.path_key(n)) for n in _all_nodes(tree) for s in n.value}
-    assert tree.evict(1) == 2
-    assert tree.evict(1) == len(EX2)
-    assert tree.evict(1) == len(EX1)
-    assert [slot_to_path[group[0]] for group in freed] == [
-        tuple(INSTR + EX1 + [7, 7]),
-        tuple(INSTR + EX2),
-        tuple(INSTR + EX1),
-    ]
+    _icl_insert(tree, alloc, [("hot", EX1)], [7, 7])
+    for _ in range(2):  # the tail is now hotter and newer than "cold" (LRU and LFU would drop "cold" first)
+        clock.tick()
+        tree.match_prefix(INSTR + EX1 + [7, 7], record_hit=True)
+    instr = tree.root.children[(INSTR[0],)]
+    hot, cold = instr.children[(EX1[0],)], instr.children[(EX2[0],)]
+    expected = [hot.children[(7,)].value, cold.value, hot.value]
+    assert [tree.evict(1) for _ in expected] == [2, len(EX2), len(EX1)]
+    assert freed == expected
     assert tree.match_prefix(INSTR + EX1).matched_len == len(INSTR)
     check(tree, alloc)
-
-
-def _all_nodes(tree: RadixCache):
-    stack = list(tree.root.children.values())
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children.values())
-        yield node
 
 
 def test_reset_frees_everything_and_refuses_when_locked():

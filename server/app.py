@@ -1,0 +1,185 @@
+"""The FastAPI app: routes, API-key check, body-size limit, OpenAI-style errors.
+
+Routes: GET /health (no key needed; 503 once a child died or shutdown began), GET /v1/models,
+POST /v1/completions, POST /v1/chat/completions, POST /generate (native: {text|input_ids|icl, sampling_params,
+stream} → {text, output_ids, meta_info}), GET /metrics, GET /get_server_info (alias /stats: scheduler stats,
+KV capacity / free / cache sizes, process ids), POST /flush_cache (400 unless idle).
+Every error is `{"error": {"message", "type", "param", "code"}}`; no request error stops the server.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import secrets
+from typing import Any, AsyncIterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.errors import APIError, from_value_error
+from server.openai_api import SSE_DONE, OpenAIHandler, sse
+from server.tokenizer_manager import RequestGroup, TokenizerManager
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_DRAIN_BYTES = 64 * 1024 * 1024  # past this an oversized body is not read to the end (the connection drops)
+
+logger = logging.getLogger("pairserve.server")
+
+
+async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request body as a JSON object: 413 over `limit` bytes (declared or actual), 400 if not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_DRAIN_BYTES:
+        raise APIError(413, f"request body is larger than {limit} bytes")
+    body, size = bytearray(), 0
+    # Read to the end even when too large, so the client gets the 413 instead of a reset mid-upload.
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            body += chunk
+        elif size > MAX_DRAIN_BYTES:
+            break
+    if size > limit:
+        raise APIError(413, f"request body is larger than {limit} bytes")
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise APIError(400, f"body: invalid JSON ({e})", code="invalid_json") from None
+    if not isinstance(obj, dict):
+        raise APIError(400, "body: must be a JSON object")
+    return obj
+
+
+def generate_result(r, rid: str) -> dict[str, Any]:
+    """The in-process Engine's result shape."""
+    meta = {"id": rid, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "cached_tokens": r.cached_tokens, "finish_reason": r.finish_reason, "e2e_latency": r.e2e_latency}
+    meta.update(r.extra or {})
+    return {"text": r.text, "output_ids": list(r.output_ids), "meta_info": meta}
+
+
+async def generate_stream(group: RequestGroup) -> AsyncIterator[str]:
+    """Native streaming: each frame has the text so far, its `delta`, output_ids so far and meta_info."""
+    text, ids = "", []
+    try:
+        async for ev in group.events():
+            if ev.error is not None:
+                yield sse(ev.error.body())
+                break
+            text += ev.delta
+            ids.extend(ev.new_token_ids)
+            if ev.delta or ev.finished:
+                meta = {"id": group.rids[0], "prompt_tokens": ev.prompt_tokens,
+                        "completion_tokens": ev.completion_tokens, "cached_tokens": ev.cached_tokens,
+                        "finish_reason": ev.finish_reason if ev.finished else None, **(ev.extra or {})}
+                yield sse({"text": text, "delta": ev.delta, "output_ids": list(ids), "meta_info": meta})
+        yield SSE_DONE
+    finally:
+        group.abort()
+
+
+def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str, int],
+              max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    app = FastAPI(title="pairserve", docs_url=None, redoc_url=None, openapi_url=None)
+    openai = OpenAIHandler(tm, served_model_name)
+
+    def require_key(request: Request) -> None:
+        if args.api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), args.api_key.encode()):
+            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                           code="invalid_api_key")
+
+    auth = [Depends(require_key)]
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return APIError(exc.status_code, str(exc.detail)).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return APIError(400, str(exc)).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        logger.exception("unhandled error in %s %s", request.method, request.url.path)
+        return APIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+
+    @app.get("/health")
+    async def health():
+        if tm.dead_reason is not None:
+            return APIError(tm.dead_status, tm.dead_reason).response()
+        return {"status": "ok"}
+
+    @app.get("/v1/models", dependencies=auth)
+    async def models():
+        return {"object": "list", "data": [{"id": served_model_name, "object": "model", "created": 0,
+                                            "owned_by": "pairserve", "max_model_len": tm.context_len}]}
+
+    @app.post("/v1/completions", dependencies=auth)
+    async def completions(request: Request):
+        return await openai.completions(await read_json(request, max_body_bytes), request)
+
+    @app.post("/v1/chat/completions", dependencies=auth)
+    async def chat_completions(request: Request):
+        return await openai.chat(await read_json(request, max_body_bytes), request)
+
+    @app.post("/generate", dependencies=auth)
+    async def generate(request: Request):
+        body = await read_json(request, max_body_bytes)
+        unknown = set(body) - {"text", "input_ids", "icl", "sampling_params", "stream"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise APIError(400, f"{key}: unknown field", param=key)
+        stream = body.get("stream") or False
+        if not isinstance(stream, bool):
+            raise APIError(400, "stream: must be a boolean", param="stream")
+        try:
+            inputs, single = tm.tokenize(prompt=body.get("text"), input_ids=body.get("input_ids"),
+                                         sampling_params=body.get("sampling_params"), icl=body.get("icl"))
+            if stream and len(inputs) != 1:
+                raise ValueError("stream: streaming takes a single prompt")
+        except ValueError as e:
+            err = from_value_error(e, openai_names=False)
+            if err.param == "prompt":
+                err.param = "text"
+            raise err from None
+        group = tm.submit(inputs)
+        if stream:
+            return StreamingResponse(generate_stream(group), media_type="text/event-stream")
+        results = await group.collect(request.is_disconnected)
+        out = [generate_result(r, rid) for r, rid in zip(results, group.rids)]
+        return out[0] if single else out
+
+    @app.get("/metrics", dependencies=auth)
+    async def metrics():
+        data, content_type = tm.metrics.render()
+        return Response(data, media_type=content_type)
+
+    async def server_info():
+        stats = await tm.get_stats()
+        public_args = {k: v for k, v in dataclasses.asdict(args).items() if k != "api_key"}
+        return {**stats, "served_model_name": served_model_name, "context_len": tm.context_len,
+                "server_args": public_args, "pids": {"server": os.getpid(), **pids}}
+
+    app.get("/get_server_info", dependencies=auth)(server_info)
+    app.get("/stats", dependencies=auth)(server_info)
+
+    @app.post("/flush_cache", dependencies=auth)
+    async def flush_cache():
+        res = await tm.flush_cache()
+        if not res.success:
+            raise APIError(400, f"flush_cache: {res.message}")
+        return {"success": True}
+
+    return app

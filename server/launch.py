@@ -1,0 +1,202 @@
+"""Launch: spawn the scheduler and detokenizer, wait until both are ready, serve HTTP, and tear down.
+
+Readiness: each child sends `Ready` (the scheduler after its model loaded); uvicorn binds the port only after
+both did, so an accepted connection is always served. A child that reports `ChildFailed`, dies, or is not ready
+within CHILD_READY_TIMEOUT_S ends the launch with exit status 1.
+Death: a watchdog checks the children every WATCHDOG_INTERVAL_S; when one is gone, every in-flight and new
+request gets 503, and after DEATH_GRACE_S the server stops and the process exits 1.
+Shutdown (SIGTERM / SIGINT): uvicorn stops accepting, in-flight requests are failed with 503 (streams get an
+error event), children are told to exit, then terminated / killed if they linger; exit status 0. Children also
+exit on their own when the main process disappears, so none is orphaned even after a SIGKILL.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Sequence
+
+import uvicorn
+import uvloop
+
+from server.app import build_app
+from server.cli import parse_server_args
+from server.detokenizer import run_detokenizer_process
+from server.ipc import IpcAddresses
+from server.metrics import ServerMetrics
+from server.scheduler_process import run_scheduler_process
+from server.tokenizer_manager import TokenizerManager
+
+CHILD_READY_TIMEOUT_S = 600.0
+WATCHDOG_INTERVAL_S = 0.5
+DEATH_GRACE_S = 1.0  # keep answering 503 briefly so clients and probes see why, then exit
+GRACEFUL_SHUTDOWN_S = 5
+CHILD_JOIN_S = 5.0
+
+logger = logging.getLogger("pairserve.server")
+
+
+def default_served_model_name(model_arg: str) -> str:
+    """The directory's basename for a path; a hub-style or alias name ('demo', 'org/name') as given."""
+    if os.path.isdir(model_arg):
+        return os.path.basename(os.path.normpath(os.path.abspath(model_arg)))
+    return model_arg
+
+
+def port_available(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class StartupInterrupted(Exception):
+    """SIGTERM / SIGINT arrived before the server was ready."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server that fails in-flight requests as soon as shutdown starts (not after they drain)."""
+
+    def __init__(self, config: uvicorn.Config, tm: TokenizerManager):
+        super().__init__(config)
+        self.tm = tm
+
+    async def shutdown(self, sockets=None) -> None:
+        self.tm.fail_all(503, "the server is shutting down")
+        await super().shutdown(sockets)
+
+
+class Launcher:
+    def __init__(self, args, model_path: str):
+        self.args = args
+        self.model_path = model_path
+        self.served_model_name = args.served_model_name or default_served_model_name(args.model_path)
+        self.addrs = IpcAddresses.create(args.port)
+        self.procs: dict[str, mp.Process] = {}
+        self.tm: TokenizerManager | None = None
+        self.stop_signal: int | None = None
+        self.exit_code = 0
+
+    def _on_signal(self, signum, frame) -> None:
+        # Before serving: noted, and the readiness wait gives up. While serving, uvicorn's handlers are in place;
+        # uvicorn re-raises the signal once it has stopped, which lands here again and is ignored.
+        self.stop_signal = signum
+
+    def start_children(self) -> None:
+        ctx = mp.get_context("spawn")
+        args_dict = dataclasses.asdict(self.args)
+        addrs, me = self.addrs.to_dict(), os.getpid()
+        self.procs["scheduler"] = ctx.Process(target=run_scheduler_process, name="pairserve-scheduler",
+                                              args=(args_dict, self.model_path, addrs, me), daemon=True)
+        self.procs["detokenizer"] = ctx.Process(target=run_detokenizer_process, name="pairserve-detokenizer",
+                                                args=(self.model_path, addrs, me, self.args.log_level), daemon=True)
+        for p in self.procs.values():
+            p.start()
+
+    def check_alive(self) -> None:
+        if self.stop_signal is not None:
+            raise StartupInterrupted(f"signal {self.stop_signal} during startup")
+        for name, p in self.procs.items():
+            if not p.is_alive():
+                raise RuntimeError(f"{name} process exited with code {p.exitcode} during startup")
+
+    async def watchdog(self, server: _Server, recv_task: asyncio.Task) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            dead = [f"{name} process died (exit code {p.exitcode})" for name, p in self.procs.items()
+                    if not p.is_alive()]
+            if recv_task.done():
+                exc = None if recv_task.cancelled() else recv_task.exception()
+                dead.append(f"the receive loop stopped ({exc!r})")
+            if dead:
+                reason = "; ".join(dead) + "; the server is exiting"
+                logger.error(reason)
+                self.tm.fail_all(503, reason)
+                self.exit_code = 1
+                await asyncio.sleep(DEATH_GRACE_S)
+                server.should_exit = True
+                return
+
+    async def serve(self) -> int:
+        from engine.models.loader import load_tokenizer
+
+        self.start_children()
+        tokenizer = load_tokenizer(self.model_path)
+        metrics = ServerMetrics(self.served_model_name)
+        self.tm = TokenizerManager(tokenizer, self.addrs, metrics, self.args.pair_policy)
+        await self.tm.wait_ready(set(self.procs), self.check_alive, CHILD_READY_TIMEOUT_S)
+        self.check_alive()
+        pids = {name: p.pid for name, p in self.procs.items()}
+        app = build_app(self.tm, self.args, self.served_model_name, pids)
+        config = uvicorn.Config(app, host=self.args.host, port=self.args.port, loop="uvloop",
+                                log_level=self.args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                                access_log=self.args.log_level == "debug")
+        server = _Server(config, self.tm)
+        recv_task = asyncio.create_task(self.tm.recv_loop())
+        watch_task = asyncio.create_task(self.watchdog(server, recv_task))
+        logger.info("serving %s on http://%s:%d (scheduler pid %d, detokenizer pid %d)", self.served_model_name,
+                    self.args.host, self.args.port, pids["scheduler"], pids["detokenizer"])
+        try:
+            await server.serve()
+        finally:
+            for task in (watch_task, recv_task):
+                task.cancel()
+        if server.started is False and self.exit_code == 0:
+            self.exit_code = 1  # uvicorn could not bind
+        return self.exit_code
+
+    def stop_children(self) -> None:
+        if self.tm is not None:
+            self.tm.shutdown_children()
+        deadline = time.monotonic() + (CHILD_JOIN_S if self.tm is not None else 0.0)
+        for p in self.procs.values():
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in self.procs.values():
+            if p.is_alive():
+                p.terminate()
+                p.join(2.0)
+            if p.is_alive():
+                p.kill()
+                p.join(2.0)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            return uvloop.run(self.serve())
+        except StartupInterrupted as e:
+            logger.info("%s", e)
+            return 0
+        except RuntimeError as e:
+            logger.error("%s", e)
+            return 1
+        finally:
+            self.stop_children()
+            if self.tm is not None:
+                self.tm.close()
+            self.addrs.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_server_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from engine.models.loader import resolve_model_path
+
+    try:
+        model_path = resolve_model_path(args.model_path)
+    except FileNotFoundError as e:
+        print(f"python -m server: error: {e}", file=sys.stderr)
+        return 2
+    if not port_available(args.host, args.port):
+        print(f"python -m server: error: port: {args.host}:{args.port} is already in use", file=sys.stderr)
+        return 1
+    return Launcher(args, model_path).run()

@@ -1,0 +1,122 @@
+"""The in-process Engine API: shapes of results, streaming, async, stop handling, seeds, bad input."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+GREEDY = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
+
+
+@pytest.fixture
+def eng(tiny_model_dir, make_engine):
+    return make_engine(tiny_model_dir, max_running_requests=8)
+
+
+def test_generate_single_and_batch_shapes(eng):
+    one = eng.generate("hello world", GREEDY)
+    assert set(one) == {"text", "output_ids", "meta_info"}
+    meta = one["meta_info"]
+    assert meta["completion_tokens"] == 12 == len(one["output_ids"])
+    assert meta["prompt_tokens"] == len(eng.tokenizer.encode("hello world"))
+    assert meta["finish_reason"]["type"] == "length" and meta["e2e_latency"] > 0
+    assert one["text"] == eng.tokenizer.decode(one["output_ids"], skip_special_tokens=True)
+    many = eng.generate(["hello world", "another prompt here"], GREEDY)
+    assert isinstance(many, list) and len(many) == 2
+    assert many[0]["output_ids"] == one["output_ids"]  # batching does not change greedy output
+
+
+def test_stream_concatenates_to_full_text(eng):
+    full = eng.generate("stream me", GREEDY)
+    chunks = list(eng.generate("stream me", GREEDY, stream=True))
+    assert "".join(c["delta"] for c in chunks) == full["text"]
+    assert chunks[-1]["text"] == full["text"] and chunks[-1]["meta_info"]["finish_reason"]["type"] == "length"
+
+
+def test_abandoned_stream_is_aborted(eng):
+    it = eng.generate("stream me", {**GREEDY, "max_new_tokens": 100}, stream=True)
+    next(it)
+    it.close()  # generator finalisation aborts the request
+    eng.generate("x", GREEDY)  # drives the loop so the abort is applied
+    assert eng.get_stats()["num_running"] == 0
+
+
+def test_async_generate_runs_concurrently(eng):
+    async def main():
+        return await asyncio.gather(*(eng.async_generate(f"prompt {i}", GREEDY) for i in range(4)))
+
+    outs = asyncio.run(main())
+    assert [o["meta_info"]["completion_tokens"] for o in outs] == [12] * 4
+
+
+def test_stop_token_ids_and_stop_strings(eng):
+    base = eng.generate("abc", {**GREEDY, "max_new_tokens": 16})
+    ids = base["output_ids"]
+    stopped = eng.generate("abc", {**GREEDY, "max_new_tokens": 16, "stop_token_ids": [ids[3]]})
+    k = ids.index(ids[3])
+    assert stopped["output_ids"] == ids[:k + 1]
+    assert stopped["meta_info"]["finish_reason"] == {"type": "stop", "matched": ids[3], "message": None}
+    text = base["text"]
+    if len(text.strip()) >= 4:
+        stop = text.strip()[1:3]
+        out = eng.generate("abc", {**GREEDY, "max_new_tokens": 16, "stop": [stop]})
+        assert out["text"] == text[:text.index(stop)]
+        assert out["meta_info"]["finish_reason"]["matched"] == stop
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(eng):
+    sp = {"max_new_tokens": 10, "temperature": 1.0, "top_p": 0.9, "seed": 1234, "ignore_eos": True}
+    a = eng.generate("sample this", sp)["output_ids"]
+    b = eng.generate(["other", "sample this", "more"], [dict(sp, seed=1), sp, dict(sp, seed=2)])[1]["output_ids"]
+    assert a == b
+
+
+def test_eos_finishes_with_stop(eng):
+    eos = eng.tokenizer.eos_token_id
+    out = eng.generate(input_ids=[5, 6, 7], sampling_params={"max_new_tokens": 4, "temperature": 0,
+                                                             "stop_token_ids": []})
+    if out["output_ids"] and out["output_ids"][-1] == eos:
+        assert out["meta_info"]["finish_reason"]["type"] == "stop"
+    else:
+        assert out["meta_info"]["finish_reason"]["type"] == "length"
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(prompt=""), "prompt"),
+    (dict(prompt="x" * 5000), "prompt"),
+    (dict(prompt="hi", sampling_params={"max_new_tokens": 0}), "max_new_tokens"),
+    (dict(prompt="hi", sampling_params={"temperature": -1}), "temperature"),
+    (dict(prompt="hi", sampling_params={"top_p": 0}), "top_p"),
+    (dict(prompt="hi", sampling_params={"top_p": 1.5}), "top_p"),
+    (dict(prompt="hi", sampling_params={"bogus": 1}), "bogus"),
+    (dict(input_ids=[]), "input_ids"),
+    (dict(input_ids=[1, 10 ** 9]), "input_ids"),
+    (dict(prompt=["ok", ""]), "prompt"),
+])
+def test_bad_input_raises_value_error_naming_field(eng, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        eng.generate(**kwargs)
+    assert eng.get_stats()["num_waiting"] == 0  # nothing was queued
+    assert eng.generate("still fine", GREEDY)["meta_info"]["completion_tokens"] == 12
+
+
+def test_bad_request_does_not_disturb_running_ones(eng):
+    it = eng.generate("long running", {**GREEDY, "max_new_tokens": 20}, stream=True)
+    next(it)
+    with pytest.raises(ValueError):
+        eng.generate("hi", {"max_new_tokens": -3})
+    rest = list(it)
+    assert rest[-1]["meta_info"]["completion_tokens"] == 20
+
+
+def test_context_manager_and_unknown_flag(tiny_model_dir):
+    from engine import Engine
+
+    with pytest.raises(TypeError):
+        Engine(model_path=tiny_model_dir, not_a_flag=1)
+    with pytest.raises(ValueError, match="schedule_policy"):
+        Engine(model_path=tiny_model_dir, schedule_policy="random")
+    with Engine(model_path=tiny_model_dir, kv_cache_tokens=512) as e:
+        assert e.generate("hi", GREEDY)["meta_info"]["completion_tokens"] == 12
+    with pytest.raises(RuntimeError):
+        e.generate("hi", GREEDY)
