@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import run_state_machine_as_test
 
 from engine.radix_cache import RadixCache, TreeNode, eviction_policy_names, make_eviction_policy
 from engine.slot_allocator import SlotAllocator

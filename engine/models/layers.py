@@ -67,16 +67,16 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """positions [T]; q [T, H, D]; k [T, KVH, D] -> rotated (q, k) in their dtype."""
-        cs = self.cos_sin[positions]  # [T, D]
+        # Like HF: cos/sin in the activations' dtype, so bf16 serving matches HF's bf16 numerics.
+        cs = self.cos_sin[positions].to(q.dtype)  # [T, D]
         cos, sin = cs[:, None, : self.half], cs[:, None, self.half :]
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
-    xf = x.float()
-    x1, x2 = xf[..., :half], xf[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 class GatedMLP(nn.Module):

@@ -177,8 +177,10 @@ class RadixCache:
 
     def evict(self, num_tokens: int) -> int:
         """Evicts unlocked leaves in policy order until >= num_tokens are gone or none is left; returns tokens
-        evicted. A parent joins the candidates once its last child goes. O((L + k) log L) for L candidate
-        leaves and k evictions."""
+        evicted. A parent joins the candidates once its last child goes. O(L + k log L) for L candidate
+        leaves and k evictions: the candidates are kept incrementally, so no tree scan."""
+        if num_tokens <= 0:
+            return 0
         priority = self._policy.priority
         heap = [(priority(n), n.node_id, n) for n in self._evictable_leaves]
         heapq.heapify(heap)
