@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from engine.config import ServerArgs
 from engine.detokenize import IncrementalDetokenizer
+from engine.knobs import LIVE_KNOBS, apply_knobs
 from engine.loop import EngineLoop
 from engine.models.loader import load_tokenizer, resolve_model_path
 from engine.request_input import RequestInput, normalize_inputs
@@ -168,6 +169,14 @@ class Engine:
                 token_hit_rate=stats["prefix_cache_hits_total"] / max(stats["prefix_cache_queries_total"], 1),
             )
             return stats
+
+    def update_config(self, **knobs: Any) -> dict[str, Any]:
+        """Change live knobs (engine/knobs.py) between steps, dropping nothing. ValueError, nothing changed, on
+        a bad knob. max_running_requests may only go down from the start value (request rows are preallocated)."""
+        with self._lock:
+            self.args = apply_knobs(self.args, knobs, self.loop.runner.max_reqs - 1)
+            self.loop.scheduler.update_args(self.args)
+            return {name: getattr(self.args, name) for name in LIVE_KNOBS}
 
     def flush_cache(self) -> bool:
         """Drop every cached prefix; only when idle (returns False otherwise)."""

@@ -120,3 +120,21 @@ def test_context_manager_and_unknown_flag(tiny_model_dir):
         assert e.generate("hi", GREEDY)["meta_info"]["completion_tokens"] == 12
     with pytest.raises(RuntimeError):
         e.generate("hi", GREEDY)
+
+
+def test_update_config_live(eng):
+    it = eng.generate("keeps running", {**GREEDY, "max_new_tokens": 20}, stream=True)
+    next(it)
+    new = eng.update_config(max_running_requests=2, schedule_policy="fcfs", chunked_prefill_size=128,
+                            radix_eviction_policy="lfu", pair_table_capacity=10)
+    assert new["max_running_requests"] == 2 and new["schedule_policy"] == "fcfs"
+    assert eng.loop.scheduler.args.chunked_prefill_size == 128
+    assert eng.loop.scheduler.kv.tree.eviction_policy == "lfu"
+    for bad in ({"max_running_requests": 0}, {"schedule_policy": "x"}, {"page_size": 4},
+                {"max_running_requests": 10_000}, {"schedule_conservativeness": "high"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            eng.update_config(**bad)
+    assert eng.args.max_running_requests == 2  # failed updates changed nothing
+    outs = eng.generate([f"p{i}" for i in range(5)], GREEDY)
+    assert all(o["meta_info"]["completion_tokens"] == 12 for o in outs)
+    assert list(it)[-1]["meta_info"]["completion_tokens"] == 20
