@@ -29,6 +29,7 @@ class _ReqState:
     output_ids: list[int] = dataclasses.field(default_factory=list)
     text: str = ""
     delta: str = ""
+    unseen_tokens: int = 0  # tokens produced since the stream last yielded
     last: StepOutput | None = None
     finished: bool = False
 
@@ -85,6 +86,7 @@ class Engine:
                     continue
                 st.last = out
                 st.output_ids.extend(out.new_token_ids)
+                st.unseen_tokens += len(out.new_token_ids)
                 delta = st.detok.add(out.new_token_ids)
                 if out.finished:
                     delta += st.detok.finish()
@@ -128,9 +130,9 @@ class Engine:
         try:
             while True:
                 self._step()
-                if st.delta or st.finished:
+                if st.unseen_tokens or st.finished:
                     out = st.result()
-                    out["delta"], st.delta = st.delta, ""
+                    out["delta"], st.delta, st.unseen_tokens = st.delta, "", 0
                     yield out
                 if st.finished:
                     return
