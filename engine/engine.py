@@ -131,11 +131,12 @@ class Engine:
             while True:
                 self._step()
                 if st.unseen_tokens or st.finished:
+                    done = st.finished  # read before yielding: other callers may finish it meanwhile
                     out = st.result()
                     out["delta"], st.delta, st.unseen_tokens = st.delta, "", 0
                     yield out
-                if st.finished:
-                    return
+                    if done:
+                        return
         finally:
             if not st.finished:
                 self.abort(st.inp.rid)

@@ -162,4 +162,7 @@ def decode(data: bytes) -> Any:
     cls = MESSAGE_TYPES.get(name) if isinstance(name, str) else None
     if cls is None or not isinstance(fields, dict):
         raise ValueError(f"message: unknown type {name!r}")
-    return cls(**fields)
+    try:
+        return cls(**fields)
+    except TypeError as e:  # missing or unexpected fields: a peer speaking another version
+        raise ValueError(f"message: bad fields for {name} ({e})") from None
