@@ -74,8 +74,10 @@ def test_example_block_accepts_attribute_objects_and_zero_examples():
     assert render_messages(icl)[1]["content"] == EXAMPLES_HEADER
 
 
-def test_render_messages_rejects_missing_fields():
+def test_icl_validation_rejects_missing_fields():
+    from engine.pair.render import validate_icl
+
     with pytest.raises(ValueError, match="query"):
-        render_messages({"instruction": "I", "examples": []})
+        validate_icl({"instruction": "I", "examples": [{"input": "x", "output": "y"}]})
     with pytest.raises(ValueError, match="output"):
-        render_messages({"instruction": "I", "examples": [{"input": "x"}], "query": "q"})
+        validate_icl({"instruction": "I", "examples": [{"input": "x"}], "query": "q"})
