@@ -3,7 +3,8 @@
 Routes: GET /health (no key needed; 503 once a child died or shutdown began), GET /v1/models,
 POST /v1/completions, POST /v1/chat/completions, POST /generate (native: {text|input_ids|icl, sampling_params,
 stream} → {text, output_ids, meta_info}), GET /metrics, GET /get_server_info (alias /stats: scheduler stats,
-KV capacity / free / cache sizes, process ids), POST /flush_cache (400 unless idle).
+KV capacity / free / cache sizes, process ids, current server args), POST /flush_cache (400 unless idle),
+POST /update_config (live knobs of engine.knobs, applied between scheduler steps).
 Every error is `{"error": {"message", "type", "param", "code"}}`; no request error stops the server.
 """
 from __future__ import annotations
@@ -17,12 +18,13 @@ from typing import Any, AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.errors import APIError, from_value_error
 from server.openai_api import SSE_DONE, OpenAIHandler, sse
-from server.tokenizer_manager import RequestGroup, TokenizerManager
+from server.request_group import RequestGroup
+from server.tokenizer_manager import TokenizerManager
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_DRAIN_BYTES = 64 * 1024 * 1024  # past this an oversized body is not read to the end (the connection drops)
@@ -145,8 +147,8 @@ def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str
         if not isinstance(stream, bool):
             raise APIError(400, "stream: must be a boolean", param="stream")
         try:
-            inputs, single = tm.tokenize(prompt=body.get("text"), input_ids=body.get("input_ids"),
-                                         sampling_params=body.get("sampling_params"), icl=body.get("icl"))
+            inputs, single = await tm.tokenize(prompt=body.get("text"), input_ids=body.get("input_ids"),
+                                               sampling_params=body.get("sampling_params"), icl=body.get("icl"))
             if stream and len(inputs) != 1:
                 raise ValueError("stream: streaming takes a single prompt")
         except ValueError as e:
@@ -168,12 +170,21 @@ def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str
 
     async def server_info():
         stats = await tm.get_stats()
-        public_args = {k: v for k, v in dataclasses.asdict(args).items() if k != "api_key"}
+        public_args = {k: v for k, v in dataclasses.asdict(tm.args).items() if k != "api_key"}
         return {**stats, "served_model_name": served_model_name, "context_len": tm.context_len,
                 "server_args": public_args, "pids": {"server": os.getpid(), **pids}}
 
     app.get("/get_server_info", dependencies=auth)(server_info)
     app.get("/stats", dependencies=auth)(server_info)
+
+    @app.post("/update_config", dependencies=auth)
+    async def update_config(request: Request):
+        """Live knobs (engine.knobs.LIVE_KNOBS) as a JSON object → every live knob's value afterwards."""
+        body = await read_json(request, max_body_bytes)
+        try:
+            return await tm.update_config(body)
+        except ValueError as e:
+            raise from_value_error(e, openai_names=False) from None
 
     @app.post("/flush_cache", dependencies=auth)
     async def flush_cache():

@@ -17,6 +17,7 @@ from engine.config import ServerArgs
 
 SKIPPED_FIELDS = frozenset({"extra"})  # free-form dict: not expressible as one flag
 ALIASES = types.MappingProxyType({"model_path": ("--model",)})
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # what both logging and uvicorn accept
 
 
 def _scalar_type(annotation: Any) -> type:
@@ -56,7 +57,10 @@ def parse_server_args(argv: Sequence[str] | None = None) -> ServerArgs:
     ns = parser.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
     try:
-        return ServerArgs(**given).validate()
+        args = ServerArgs(**given).validate()
+        if args.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"log_level: must be one of {LOG_LEVELS} (got {args.log_level!r})")
+        return args
     except ValueError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 import traceback
 from typing import Any
 
 import zmq
 
-from server.ipc import IpcAddresses, parent_alive, pull_socket, push_socket, recv_all, send
-from server.messages import BatchTextOut, BatchTokenOut, ChildFailed, Ready, ShutdownReq, TextOut, TokenOut
+from server.ipc import (IpcAddresses, parent_alive, pull_socket, push_socket, recv_all, report_startup_failure,
+                        send)
+from server.messages import BatchTextOut, BatchTokenOut, Ready, ShutdownReq, TextOut, TokenOut
 
 IDLE_POLL_MS = 200
 
@@ -102,10 +102,8 @@ def run_detokenizer_process(model_path: str, addrs_dict: dict[str, str], parent_
 
         proc = DetokenizerProcess(load_tokenizer(model_path), addrs, parent_pid)
     except Exception as e:
-        ctx = zmq.Context()
-        send(push_socket(ctx, addrs.tokenizer), ChildFailed("detokenizer", os.getpid(), f"{type(e).__name__}: {e}"))
-        time.sleep(0.2)  # LINGER is 0: let the message leave before the context goes
-        ctx.destroy(linger=0)
+        logger.critical("detokenizer: failed to start:\n%s", traceback.format_exc())
+        report_startup_failure(addrs, "detokenizer", e)
         raise SystemExit(1)
     try:
         proc.run()

@@ -15,7 +15,9 @@ from typing import Any
 
 import zmq
 
-from server.messages import decode, encode
+from server.messages import ChildFailed, decode, encode
+
+STARTUP_REPORT_LINGER_MS = 5000
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,16 @@ def recv_all(sock: zmq.Socket, timeout_ms: int) -> list[Any]:
         except zmq.Again:
             return out
         out.append(decode(data))
+
+
+def report_startup_failure(addrs: IpcAddresses, who: str, error: BaseException) -> None:
+    """Tell the main process why this child cannot start; waits (up to STARTUP_REPORT_LINGER_MS) for delivery."""
+    ctx = zmq.Context()
+    sock = push_socket(ctx, addrs.tokenizer)
+    sock.setsockopt(zmq.LINGER, STARTUP_REPORT_LINGER_MS)
+    send(sock, ChildFailed(who, os.getpid(), f"{type(error).__name__}: {error}"))
+    sock.close()
+    ctx.term()  # returns once the message left or the linger expired
 
 
 def parent_alive(parent_pid: int) -> bool:

@@ -66,9 +66,15 @@ class StartupInterrupted(Exception):
 class _Server(uvicorn.Server):
     """uvicorn.Server that fails in-flight requests as soon as shutdown starts (not after they drain)."""
 
-    def __init__(self, config: uvicorn.Config, tm: TokenizerManager):
+    def __init__(self, config: uvicorn.Config, tm: TokenizerManager, stop_requested):
         super().__init__(config)
         self.tm = tm
+        self.stop_requested = stop_requested
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.stop_requested():  # a signal that arrived before uvicorn installed its handlers
+            self.should_exit = True
 
     async def shutdown(self, sockets=None) -> None:
         self.tm.fail_all(503, "the server is shutting down")
@@ -129,10 +135,9 @@ class Launcher:
     async def serve(self) -> int:
         from engine.models.loader import load_tokenizer
 
+        self.tm = TokenizerManager(self.addrs, ServerMetrics(self.served_model_name), self.args)
         self.start_children()
-        tokenizer = load_tokenizer(self.model_path)
-        metrics = ServerMetrics(self.served_model_name)
-        self.tm = TokenizerManager(tokenizer, self.addrs, metrics, self.args.pair_policy)
+        self.tm.tokenizer = load_tokenizer(self.model_path)  # while the children load
         await self.tm.wait_ready(set(self.procs), self.check_alive, CHILD_READY_TIMEOUT_S)
         self.check_alive()
         pids = {name: p.pid for name, p in self.procs.items()}
@@ -140,7 +145,7 @@ class Launcher:
         config = uvicorn.Config(app, host=self.args.host, port=self.args.port, loop="uvloop",
                                 log_level=self.args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                                 access_log=self.args.log_level == "debug")
-        server = _Server(config, self.tm)
+        server = _Server(config, self.tm, lambda: self.stop_signal is not None)
         recv_task = asyncio.create_task(self.tm.recv_loop())
         watch_task = asyncio.create_task(self.watchdog(server, recv_task))
         logger.info("serving %s on http://%s:%d (scheduler pid %d, detokenizer pid %d)", self.served_model_name,

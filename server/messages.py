@@ -5,11 +5,11 @@ msgpack types (ints, floats, str, bytes, lists, dicts, None); tuples come back a
 lists of item dataclasses that travel as dicts and are rebuilt in `__post_init__`.
 
 Who sends what (all over ZMQ PUSH → PULL):
-  tokenizer manager → scheduler:    GenerateReq, AbortReq, FlushCacheReq, StatsReq, ShutdownReq
+  tokenizer manager → scheduler:    GenerateReq, AbortReq, FlushCacheReq, StatsReq, UpdateConfigReq, ShutdownReq
   scheduler → detokenizer:          BatchTokenOut
   tokenizer manager → detokenizer:  ShutdownReq
   detokenizer → tokenizer manager:  BatchTextOut, Ready, ChildFailed
-  scheduler → tokenizer manager:    Ready, ChildFailed, StatsOut (periodic: seq 0), FlushCacheOut
+  scheduler → tokenizer manager:    Ready, ChildFailed, StatsOut (periodic: seq 0), FlushCacheOut, UpdateConfigOut
 """
 from __future__ import annotations
 
@@ -45,6 +45,14 @@ class FlushCacheReq:
 @dataclass
 class StatsReq:
     seq: int
+
+
+@dataclass
+class UpdateConfigReq:
+    """Live knobs (engine.knobs.LIVE_KNOBS), already validated by the tokenizer manager."""
+
+    seq: int
+    knobs: dict[str, Any]
 
 
 @dataclass
@@ -139,9 +147,19 @@ class FlushCacheOut:
     message: str = ""
 
 
+@dataclass
+class UpdateConfigOut:
+    """The scheduler's live knob values after an UpdateConfigReq (unchanged when success is False)."""
+
+    seq: int
+    success: bool
+    message: str = ""
+    knobs: dict[str, Any] = field(default_factory=dict)
+
+
 MESSAGE_TYPES = MappingProxyType({cls.__name__: cls for cls in (
-    GenerateReq, AbortReq, FlushCacheReq, StatsReq, ShutdownReq, TokenOut, BatchTokenOut, TextOut, BatchTextOut,
-    Ready, ChildFailed, StatsOut, FlushCacheOut,
+    GenerateReq, AbortReq, FlushCacheReq, StatsReq, UpdateConfigReq, ShutdownReq, TokenOut, BatchTokenOut, TextOut,
+    BatchTextOut, Ready, ChildFailed, StatsOut, FlushCacheOut, UpdateConfigOut,
 )})
 
 

@@ -45,7 +45,8 @@ class _SchedulerCollector(Collector):
         used = capacity - s.get("kv_free_tokens", 0) - s.get("cache_evictable_tokens", 0)
         yield gauge("num_requests_running", "Requests in the running batch.", s.get("num_running", 0))
         yield gauge("num_requests_waiting", "Requests waiting to be scheduled.", s.get("num_waiting", 0))
-        yield gauge("kv_cache_usage_perc", "Fraction of KV slots held (1 = full).", used / capacity if capacity else 0.0)
+        usage = used / capacity if capacity else 0.0
+        yield gauge("kv_cache_usage_perc", "Fraction of KV slots held (1 = full).", usage)
         yield gauge("prefix_cache_tokens", "Tokens held by the radix prefix cache.", s.get("cache_tokens", 0))
         yield counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
                       s.get("prefix_cache_queries_total", 0))

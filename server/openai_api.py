@@ -22,7 +22,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.errors import APIError, from_value_error
-from server.tokenizer_manager import ReqEvent, ReqResult, RequestGroup, TokenizerManager
+from server.request_group import ReqEvent, ReqResult, RequestGroup
+from server.tokenizer_manager import TokenizerManager
 
 MAX_N = 16
 COMPLETION_DEFAULT_MAX_TOKENS = 16
@@ -103,11 +104,11 @@ class OpenAIHandler:
                 out.append(dataclasses.replace(inp, rid=rid, sampling=dataclasses.replace(sp, seed=seed)))
         return out
 
-    def _prepare(self, body: dict, prompt_param: str, max_tokens: Any, default_max: int | None, n: int,
-                 prompt=None, input_ids=None) -> RequestGroup:
+    async def _prepare(self, body: dict, prompt_param: str, max_tokens: Any, default_max: int | None, n: int,
+                       prompt=None, input_ids=None) -> RequestGroup:
         try:
-            inputs, _ = self.tm.tokenize(prompt=prompt, input_ids=input_ids,
-                                         sampling_params=self._sampling(body, max_tokens))
+            inputs, _ = await self.tm.tokenize(prompt=prompt, input_ids=input_ids,
+                                               sampling_params=self._sampling(body, max_tokens))
             inputs = self._finalize(inputs, max_tokens is not None, default_max, n)
         except ValueError as e:
             raise from_value_error(e, openai_names=True, prompt_param=prompt_param) from None
@@ -121,8 +122,8 @@ class OpenAIHandler:
             raise APIError(400, "prompt: missing", param="prompt")
         ids_like = isinstance(prompt, list) and bool(prompt) and (
             all(isinstance(t, int) for t in prompt) or all(isinstance(p, list) for p in prompt))
-        group = self._prepare(body, "prompt", body.get("max_tokens"), COMPLETION_DEFAULT_MAX_TOKENS, n,
-                              prompt=None if ids_like else prompt, input_ids=prompt if ids_like else None)
+        group = await self._prepare(body, "prompt", body.get("max_tokens"), COMPLETION_DEFAULT_MAX_TOKENS, n,
+                                    prompt=None if ids_like else prompt, input_ids=prompt if ids_like else None)
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_name}
         if stream:
             return StreamingResponse(self._stream(group, meta, n, include_usage, chat=False),
@@ -135,13 +136,13 @@ class OpenAIHandler:
     async def chat(self, body: dict, request: Request):
         n, stream, include_usage = self._check_common(body)
         try:
-            text = self.tm.apply_chat_template(chat_messages(body))
+            text = await self.tm.render_chat(chat_messages(body))
         except ValueError as e:
             raise from_value_error(e, openai_names=True, prompt_param="messages") from None
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
-        group = self._prepare(body, "messages", max_tokens, None, n, prompt=text)
+        group = await self._prepare(body, "messages", max_tokens, None, n, prompt=text)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_name}
         if stream:
             return StreamingResponse(self._stream(group, meta, n, include_usage, chat=True),

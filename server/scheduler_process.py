@@ -2,9 +2,10 @@
 
 Loop: take every pending message (waiting up to IDLE_POLL_MS only when there is no work) → `loop.step()` →
 send the step's outputs to the detokenizer. Per-request failures never end the process: a request the engine
-rejects (`add` raises) finishes at once with an error carrying status 400; an exception inside a step aborts
-every live request with status 500 (the step does not say which request failed) and the loop goes on. Only a
-broken invariant after such a failure, or the parent's death, ends the process.
+rejects (`add` raises) finishes at once with an error carrying status 400; an exception inside a step fails
+every unfinished request with status 500 (the step does not say which request failed) and the loop goes on —
+if the failure left the KV accounting inconsistent, the scheduler state is rebuilt from scratch. Only
+MAX_CONSECUTIVE_STEP_FAILURES failed steps in a row, or the parent's death, end the process.
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from typing import Any
 
 import zmq
 
-from server.ipc import IpcAddresses, parent_alive, pull_socket, push_socket, recv_all, send
-from server.messages import (AbortReq, BatchTokenOut, ChildFailed, FlushCacheOut, FlushCacheReq, GenerateReq,
-                             Ready, ShutdownReq, StatsOut, StatsReq, TokenOut)
+from server.ipc import (IpcAddresses, parent_alive, pull_socket, push_socket, recv_all, report_startup_failure,
+                        send)
+from server.messages import (AbortReq, BatchTokenOut, FlushCacheOut, FlushCacheReq, GenerateReq, Ready, ShutdownReq,
+                             StatsOut, StatsReq, TokenOut, UpdateConfigOut, UpdateConfigReq)
 
 IDLE_POLL_MS = 200  # how long an idle loop waits for a message before re-checking its parent
 STATS_INTERVAL_S = 0.5  # periodic stats push for /metrics gauges
@@ -95,6 +97,8 @@ class SchedulerProcess:
             send(self.to_main, StatsOut(msg.seq, self.stats()))
         elif isinstance(msg, FlushCacheReq):
             send(self.to_main, self.flush_cache(msg.seq))
+        elif isinstance(msg, UpdateConfigReq):
+            send(self.to_main, self.update_config(msg))
         elif isinstance(msg, ShutdownReq):
             self.stopping = True
         else:
@@ -129,6 +133,18 @@ class SchedulerProcess:
             tree.reset()
         return FlushCacheOut(seq, True)
 
+    def update_config(self, msg: UpdateConfigReq) -> UpdateConfigOut:
+        """Apply live knobs between steps (as Engine.update_config); nothing changes on a bad knob."""
+        from engine.knobs import LIVE_KNOBS, apply_knobs
+
+        try:
+            self.args = apply_knobs(self.args, msg.knobs, self.loop.runner.max_reqs - 1)
+        except ValueError as e:
+            return UpdateConfigOut(msg.seq, False, str(e))
+        self.loop.args = self.args
+        self.loop.scheduler.update_args(self.args)
+        return UpdateConfigOut(msg.seq, True, "", {name: getattr(self.args, name) for name in LIVE_KNOBS})
+
     # --- the engine step --------------------------------------------------------------------------------
     def step(self) -> None:
         try:
@@ -141,15 +157,40 @@ class SchedulerProcess:
             send(self.to_detok, BatchTokenOut([self.to_token_out(o) for o in outputs]))
 
     def on_step_failure(self, tb: str) -> None:
-        logger.error("scheduler: engine step failed; aborting live requests:\n%s", tb)
+        """Fail the requests the step may have touched; keep serving unless failures repeat."""
+        logger.error("scheduler: engine step failed:\n%s", tb)
         self.failed_steps += 1
         if self.failed_steps >= MAX_CONSECUTIVE_STEP_FAILURES:
             raise RuntimeError(f"engine step failed {self.failed_steps} times in a row")
-        last_line = tb.strip().splitlines()[-1]
+        message = "engine error: " + tb.strip().splitlines()[-1]
+        try:
+            self.loop.scheduler.check_integrity()
+        except AssertionError:
+            # The failed step left requests outside the scheduler's queues (admitted into a batch that never
+            # came back) and their KV unaccounted: start over with a fresh scheduler state.
+            self.reset_engine_state(message)
+            return
+        # Consistent state: abort what is live; the abort outputs (carrying the error) come with the next step.
         for req in self.loop.scheduler.live_reqs():
-            self.errors[req.rid] = f"engine error: {last_line}"
+            self.errors[req.rid] = message
             self.loop.abort(req.rid)
-        self.loop.scheduler.check_integrity()  # if the KV accounting broke, stop rather than serve wrong results
+
+    def reset_engine_state(self, message: str) -> None:
+        """Fail every unfinished request with `message` and replace the scheduler (empty queues, all KV free,
+        prefix cache dropped; the cumulative stats carry over)."""
+        from engine.scheduler import Scheduler
+
+        old = self.loop.scheduler
+        fresh = Scheduler(self.args, self.loop.runner.num_slots, self.loop.context_len, old.decode_fn)
+        fresh.stats = old.stats
+        self.loop.scheduler = fresh
+        outs = [TokenOut(rid, [], True, error_reason(message, 500), 0, 0, 0, None, detok)
+                for rid, detok in self.detok_params.items()]
+        self.detok_params.clear()
+        self.errors.clear()
+        logger.error("scheduler: state reset after a failed step; %d request(s) failed", len(outs))
+        if outs:
+            send(self.to_detok, BatchTokenOut(outs))
 
     def to_token_out(self, o) -> TokenOut:
         reason = o.finish_reason
@@ -190,10 +231,8 @@ def run_scheduler_process(args_dict: dict[str, Any], model_path: str, addrs_dict
     try:
         proc = SchedulerProcess(args, model_path, addrs, parent_pid)
     except Exception as e:
-        ctx = zmq.Context()
-        send(push_socket(ctx, addrs.tokenizer), ChildFailed("scheduler", os.getpid(), f"{type(e).__name__}: {e}"))
-        time.sleep(0.2)  # LINGER is 0: give the message time to leave before the context is torn down
-        ctx.destroy(linger=0)
+        logger.critical("scheduler: failed to start:\n%s", traceback.format_exc())
+        report_startup_failure(addrs, "scheduler", e)
         raise SystemExit(1)
     try:
         proc.run()

@@ -13,8 +13,9 @@ import dataclasses
 import itertools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, Callable
 
 import zmq
 import zmq.asyncio
@@ -22,115 +23,32 @@ import zmq.asyncio
 from server.errors import APIError
 from server.ipc import IpcAddresses, pull_socket, push_socket, send
 from server.messages import (AbortReq, BatchTextOut, ChildFailed, FlushCacheOut, FlushCacheReq, GenerateReq, Ready,
-                             ShutdownReq, StatsOut, StatsReq, TextOut, decode)
+                             ShutdownReq, StatsOut, StatsReq, TextOut, UpdateConfigOut, UpdateConfigReq, decode)
 from server.metrics import ServerMetrics
+from server.request_group import ReqEvent, RequestGroup
 
 REPLY_TIMEOUT_S = 10.0
-DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks whether its client went away
 
 logger = logging.getLogger("pairserve.server")
 
 
 @dataclass
-class ReqEvent:
-    """One step of one engine request, addressed by its index in the group (choice index)."""
-
-    index: int
-    delta: str
-    new_token_ids: list[int]
-    finished: bool
-    finish_reason: dict[str, Any] | None
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    extra: dict[str, Any] | None = None
-    error: APIError | None = None
-
-
-@dataclass
-class ReqResult:
-    """A finished engine request, as `RequestGroup.collect` returns it."""
-
-    text: str
-    output_ids: list[int]
-    finish_reason: dict[str, Any] | None
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    extra: dict[str, Any] | None
-    e2e_latency: float
-
-
-@dataclass
 class _ReqState:
-    group: "RequestGroup"
+    group: RequestGroup
     index: int
     arrival: float
     last_output: float | None = None
 
 
-class RequestGroup:
-    """The engine requests behind one HTTP request (prompts × n); their events share one queue."""
-
-    def __init__(self, manager: "TokenizerManager", rids: list[str]):
-        self.manager = manager
-        self.rids = rids
-        self.queue: asyncio.Queue[ReqEvent] = asyncio.Queue()
-        self.finished = [False] * len(rids)
-        self.created = time.monotonic()
-
-    @property
-    def done(self) -> bool:
-        return all(self.finished)
-
-    async def events(self) -> AsyncIterator[ReqEvent]:
-        """Every event until each request has finished; an error event ends the iteration after it is yielded."""
-        while not self.done:
-            ev = await self.queue.get()
-            self.finished[ev.index] = self.finished[ev.index] or ev.finished
-            yield ev
-            if ev.error is not None:
-                return
-
-    def abort(self) -> None:
-        """Abort every request of the group that has not finished (idempotent)."""
-        for i, rid in enumerate(self.rids):
-            if not self.finished[i]:
-                self.finished[i] = True
-                self.manager.abort(rid)
-
-    async def collect(self, is_disconnected: Callable[[], Awaitable[bool]]) -> list[ReqResult]:
-        """Wait for all results; raise the first error. Aborts the group if the client goes away meanwhile."""
-        texts: list[list[str]] = [[] for _ in self.rids]
-        ids: list[list[int]] = [[] for _ in self.rids]
-        results: list[ReqResult | None] = [None] * len(self.rids)
-        try:
-            while not self.done:
-                try:
-                    ev = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
-                except asyncio.TimeoutError:
-                    if await is_disconnected():
-                        raise APIError(499, "client disconnected") from None
-                    continue
-                if ev.error is not None:
-                    raise ev.error
-                texts[ev.index].append(ev.delta)
-                ids[ev.index].extend(ev.new_token_ids)
-                if ev.finished:
-                    self.finished[ev.index] = True
-                    results[ev.index] = ReqResult("".join(texts[ev.index]), ids[ev.index], ev.finish_reason,
-                                                  ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens,
-                                                  ev.extra, time.monotonic() - self.created)
-        finally:
-            self.abort()
-        return results  # type: ignore[return-value]
-
-
 class TokenizerManager:
-    def __init__(self, tokenizer, addrs: IpcAddresses, metrics: ServerMetrics, pair_policy: str = "none"):
+    def __init__(self, addrs: IpcAddresses, metrics: ServerMetrics, args, tokenizer=None):
+        """Binds the receive socket at once (create this before the children start, so a child's first
+        message always has a reader). `tokenizer` may be set later, before any request is served.
+        `args` (ServerArgs) is kept current through `update_config`."""
         self.tokenizer = tokenizer
         self.metrics = metrics
-        self.pair_policy = pair_policy
+        self.args = args
+        self.max_running_cap = args.max_running_requests  # request rows are preallocated at this size
         self.context_len = 0  # known once the scheduler is ready
         self.actx = zmq.asyncio.Context()
         self.sctx = zmq.Context()
@@ -143,6 +61,7 @@ class TokenizerManager:
         self.dead_reason: str | None = None
         self.dead_status = 503
         self.ready_info: dict[str, Ready] = {}
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
 
     # --- startup --------------------------------------------------------------------------------------
     async def wait_ready(self, names: set[str], check_alive: Callable[[], None], timeout_s: float) -> None:
@@ -150,30 +69,50 @@ class TokenizerManager:
         deadline = time.monotonic() + timeout_s
         while set(self.ready_info) != names:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"children not ready after {timeout_s:.0f} s: missing {names - set(self.ready_info)}")
-            check_alive()
-            if not await self.recv_sock.poll(500, zmq.POLLIN):
-                continue
-            msg = decode(await self.recv_sock.recv())
-            if isinstance(msg, ChildFailed):
-                raise RuntimeError(f"{msg.who} failed to start: {msg.message}")
-            if isinstance(msg, Ready):
-                self.ready_info[msg.who] = msg
-            elif isinstance(msg, StatsOut) and msg.seq == 0:
-                self.metrics.scheduler_stats = msg.stats
+                missing = sorted(names - set(self.ready_info))
+                raise RuntimeError(f"children not ready after {timeout_s:.0f} s: missing {missing}")
+            try:
+                check_alive()
+            except RuntimeError:
+                # A child that failed says why just before exiting: prefer its message to a bare exit code.
+                await self._recv_startup_message(200)
+                raise
+            await self._recv_startup_message(500)
         self.context_len = self.ready_info["scheduler"].info["context_len"]
 
+    async def _recv_startup_message(self, timeout_ms: int) -> None:
+        if not await self.recv_sock.poll(timeout_ms, zmq.POLLIN):
+            return
+        msg = decode(await self.recv_sock.recv())
+        if isinstance(msg, ChildFailed):
+            raise RuntimeError(f"{msg.who} failed to start: {msg.message}")
+        if isinstance(msg, Ready):
+            self.ready_info[msg.who] = msg
+        elif isinstance(msg, StatsOut) and msg.seq == 0:
+            self.metrics.scheduler_stats = msg.stats
+
     # --- submitting -----------------------------------------------------------------------------------
-    def tokenize(self, prompt=None, input_ids=None, sampling_params=None, icl=None):
-        """normalize_inputs with this server's tokenizer and context: (list[RequestInput], single)."""
+    async def tokenize(self, prompt=None, input_ids=None, sampling_params=None, icl=None):
+        """normalize_inputs with this server's tokenizer and context: (list[RequestInput], single).
+
+        Runs on the manager's single worker thread: a long prompt does not stall other requests' streams, and
+        the tokenizer (HF tokenizers are not safe to share between threads) is only ever used by that thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.worker, self._tokenize, prompt, input_ids, sampling_params, icl)
+
+    async def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        """The chat template applied to `messages` (on the worker thread); ValueError naming 'messages'."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, self._apply_chat_template, messages)
+
+    def _tokenize(self, prompt, input_ids, sampling_params, icl):
         from engine.request_input import normalize_inputs
 
         if icl is not None:
             return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len,
-                                    icl=icl, default_refine=self.pair_policy)
+                                    icl=icl, default_refine=self.args.pair_policy)
         return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len)
 
-    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+    def _apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("messages: this model has no chat template; use /v1/completions")
         try:
@@ -220,6 +159,18 @@ class TokenizerManager:
             return FlushCacheOut(0, False, "requests are in flight; flush the cache when the server is idle")
         return await self._ask(FlushCacheReq)
 
+    async def update_config(self, knobs: dict[str, Any]) -> dict[str, Any]:
+        """Apply live knobs in the scheduler; ValueError naming the knob (and nothing changes) if one is bad.
+        Returns every live knob's value afterwards."""
+        from engine.knobs import apply_knobs
+
+        new_args = apply_knobs(self.args, knobs, self.max_running_cap)
+        out = await self._ask(lambda seq: UpdateConfigReq(seq, knobs))
+        if not out.success:
+            raise ValueError(out.message)
+        self.args = new_args
+        return out.knobs
+
     # --- receiving ------------------------------------------------------------------------------------
     async def recv_loop(self) -> None:
         """Runs for the server's lifetime: route every message from the children."""
@@ -238,7 +189,7 @@ class TokenizerManager:
                 if msg.seq == 0:
                     self.metrics.scheduler_stats = msg.stats
                 self._resolve(msg.seq, msg)
-            elif isinstance(msg, FlushCacheOut):
+            elif isinstance(msg, (FlushCacheOut, UpdateConfigOut)):
                 self._resolve(msg.seq, msg)
             elif isinstance(msg, ChildFailed):
                 logger.error("%s (pid %d) failed: %s", msg.who, msg.pid, msg.message)
@@ -297,5 +248,6 @@ class TokenizerManager:
                 pass
 
     def close(self) -> None:
+        self.worker.shutdown(wait=False, cancel_futures=True)
         self.actx.destroy(linger=0)
         self.sctx.destroy(linger=0)

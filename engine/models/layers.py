@@ -6,6 +6,7 @@ parity with HF logits is the first test every model passes.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +18,13 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
+        self.kernel: Callable | None = None  # engine.kernels.rmsnorm.rmsnorm once use_triton_kernels ran
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """x [T, hidden]. With `residual`, returns (norm(x + residual), x + residual) like a fused add-norm."""
+        if self.kernel is not None:
+            return self.kernel(x.contiguous(), self.weight, self.eps,
+                               None if residual is None else residual.contiguous())
         if residual is not None:
             x = x + residual
             residual = x
@@ -64,9 +69,12 @@ class RotaryEmbedding(nn.Module):
         cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).float()
         self.register_buffer("cos_sin", cache, persistent=False)
         self.half = head_dim // 2
+        self.kernel: Callable | None = None  # engine.kernels.rotary.apply_rotary once use_triton_kernels ran
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """positions [T]; q [T, H, D]; k [T, KVH, D] -> rotated (q, k) in their dtype."""
+        """positions [T]; q [T, H, D]; k [T, KVH, D] -> rotated (q, k) in their dtype (in place with the kernel)."""
+        if self.kernel is not None:
+            return self.kernel(q, k, positions, self.cos_sin)
         # Like HF: cos/sin in the activations' dtype, so bf16 serving matches HF's bf16 numerics.
         cs = self.cos_sin[positions].to(q.dtype)  # [T, D]
         cos, sin = cs[:, None, : self.half], cs[:, None, self.half :]
@@ -91,3 +99,26 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
         return self.down_proj(F.silu(gate) * up)
+
+
+def use_triton_kernels(model: nn.Module, enabled: bool = True) -> int:
+    """Route every RMSNorm and RotaryEmbedding in `model` through the fused Triton kernels of engine/kernels
+    (back to torch with enabled=False); return how many modules were switched.
+
+    Meant for CUDA models served with the triton attention backend; on CPU the kernels run only under
+    TRITON_INTERPRET=1 (tests). Rotary then rotates q and k in place. Results equal the torch path up to
+    rounding: the rotary kernel rounds once from fp32 where the torch path rounds each half-precision product.
+    """
+    norm_kernel = rotary_kernel = None
+    if enabled:
+        from engine.kernels.rmsnorm import rmsnorm as norm_kernel
+        from engine.kernels.rotary import apply_rotary as rotary_kernel
+    switched = 0
+    for module in model.modules():  # a rotary module shared by all layers is visited once
+        if isinstance(module, RMSNorm):
+            module.kernel = norm_kernel
+            switched += 1
+        elif isinstance(module, RotaryEmbedding):
+            module.kernel = rotary_kernel
+            switched += 1
+    return switched

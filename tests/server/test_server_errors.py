@@ -114,7 +114,8 @@ def test_flush_cache_refused_while_busy(server, c):
     body = {"prompt": "keep me busy", "max_tokens": 1000, "ignore_eos": True, "stream": True}
     with server.client() as busy, busy.stream("POST", COMPLETIONS, json=body) as r:
         assert r.status_code == 200
-        next(line for line in r.iter_lines() if line.startswith("data: "))
+        lines = r.iter_lines()  # keep a reference: a dropped iterator closes the connection, i.e. aborts
+        next(line for line in lines if line.startswith("data: "))
         _assert_error(c.post("/flush_cache"), 400)
     server.wait_idle()
     assert c.post("/flush_cache").json() == {"success": True}

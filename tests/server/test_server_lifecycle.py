@@ -113,3 +113,15 @@ def test_sigterm_aborts_in_flight_and_exits_cleanly(start_server):
     srv.wait_pids_gone([pids["scheduler"], pids["detokenizer"]])
     resp.close()
     client.close()
+
+
+def test_model_that_fails_to_load_exits_1_with_the_reason(tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    for f in os.listdir(tiny_model_dir):
+        if not f.endswith(".safetensors"):
+            (broken / f).write_bytes((Path(tiny_model_dir) / f).read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    res = _run_cli("--model", str(broken), "--port", "1", "--log-level", "warning")
+    assert res.returncode == 1
+    assert "scheduler failed to start" in res.stderr

@@ -68,3 +68,18 @@ def test_load_with_disconnects_drains_clean(server):
     with server.client() as c:
         r = c.post("/v1/completions", json={"prompt": "after the load", "max_tokens": 2})
         assert r.status_code == 200, r.text
+
+
+def test_non_streaming_client_that_gives_up_is_aborted(server):
+    """A blocking request whose client times out must not run on to its max_tokens."""
+    before = server.wait_idle()
+    body = {"prompt": "a request nobody waits for", "max_tokens": 1000, "ignore_eos": True}
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=1.5) as c:
+        try:
+            c.post("/v1/completions", json=body)
+        except httpx.ReadTimeout:
+            pass
+        else:
+            raise AssertionError("1000 tokens arrived within the client timeout; the test proves nothing")
+    after = server.wait_idle()
+    assert after["decode_tokens_total"] - before["decode_tokens_total"] < 900

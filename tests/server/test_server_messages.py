@@ -8,7 +8,7 @@ from server.cli import parse_server_args
 from server.errors import from_value_error
 from server.messages import (MESSAGE_TYPES, AbortReq, BatchTextOut, BatchTokenOut, ChildFailed, FlushCacheOut,
                              FlushCacheReq, GenerateReq, Ready, ShutdownReq, StatsOut, StatsReq, TextOut, TokenOut,
-                             decode, encode)
+                             UpdateConfigOut, UpdateConfigReq, decode, encode)
 
 SAMPLES = [
     GenerateReq("r1", [1, 2, 3], {"max_new_tokens": 4, "stop": ["\n"], "seed": None},
@@ -20,6 +20,7 @@ SAMPLES = [
     BatchTextOut([TextOut("r1", "hé", [7], True, {"type": "stop", "matched": 2}, 3, 1, 2, {"icl_order": [1, 0]})]),
     Ready("scheduler", 123, {"context_len": 4096}), ChildFailed("detokenizer", 9, "boom"),
     StatsOut(0, {"num_running": 1}), FlushCacheOut(5, False, "busy"),
+    UpdateConfigReq(6, {"schedule_policy": "fcfs"}), UpdateConfigOut(6, True, "", {"max_running_requests": 8}),
 ]
 
 
