@@ -13,7 +13,6 @@ from typing import Any, Iterator
 
 from engine.config import ServerArgs
 from engine.detokenize import IncrementalDetokenizer
-from engine.knobs import LIVE_KNOBS, apply_knobs
 from engine.loop import EngineLoop
 from engine.models.loader import load_tokenizer, resolve_model_path
 from engine.request_input import RequestInput, normalize_inputs
@@ -160,35 +159,20 @@ class Engine:
 
     def get_stats(self) -> dict[str, Any]:
         with self._lock:
-            sch = self.loop.scheduler
-            kv = sch.kv
-            stats = dataclasses.asdict(sch.stats)
-            stats.update(
-                num_running=len(sch.running) + (sch.chunked is not None), num_waiting=len(sch.waiting),
-                kv_capacity_tokens=kv.capacity, kv_free_tokens=kv.allocator.num_free,
-                cache_tokens=kv.tree.total_size() if kv.tree else 0,
-                cache_evictable_tokens=kv.tree.evictable_size if kv.tree else 0,
-                evicted_tokens_total=kv.evicted_tokens_total,
-                token_hit_rate=stats["prefix_cache_hits_total"] / max(stats["prefix_cache_queries_total"], 1),
-            )
-            return stats
+            return self.loop.stats()
 
     def update_config(self, **knobs: Any) -> dict[str, Any]:
         """Change live knobs (engine/knobs.py) between steps, dropping nothing. ValueError, nothing changed, on
         a bad knob. max_running_requests may only go down from the start value (request rows are preallocated)."""
         with self._lock:
-            self.args = apply_knobs(self.args, knobs, self.loop.runner.max_reqs - 1)
-            self.loop.scheduler.update_args(self.args)
-            return {name: getattr(self.args, name) for name in LIVE_KNOBS}
+            new = self.loop.update_config(knobs)
+            self.args = self.loop.args
+            return new
 
     def flush_cache(self) -> bool:
         """Drop every cached prefix; only when idle (returns False otherwise)."""
         with self._lock:
-            sch = self.loop.scheduler
-            if sch.has_work() or sch.kv.tree is None:
-                return sch.kv.tree is None and not sch.has_work()
-            sch.kv.tree.reset()
-            return True
+            return self.loop.flush_cache()
 
     def check_integrity(self) -> None:
         with self._lock:

@@ -4,13 +4,20 @@ I/O is not here: callers feed requests in with `add`/`abort` and take `StepOutpu
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import random
+from typing import Any
 
 from engine.config import ServerArgs
+from engine.knobs import LIVE_KNOBS, apply_knobs
 from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from engine.pair.render import IclPrompt
 from engine.scheduler import Req, Scheduler, StepOutput
+
+
+logger = logging.getLogger(__name__)
 
 
 class EngineLoop:
@@ -50,5 +57,38 @@ class EngineLoop:
 
     def step(self) -> list[StepOutput]:
         batch = self.scheduler.schedule()
-        next_ids = self.runner.run(batch) if batch is not None else None
+        try:
+            next_ids = self.runner.run(batch) if batch is not None else None
+        except Exception as e:  # a failed forward must not strand the batch's requests and their KV
+            logger.exception("model runner failed; aborting the %d request(s) of this batch", batch.batch_size)
+            self.scheduler.abort_batch(batch, f"engine error: {type(e).__name__}: {e}")
+            return self.scheduler.process_results(None, None)
         return self.scheduler.process_results(batch, next_ids)
+
+    # --- control shared by Engine and the server's scheduler process -----------------------------------
+    def stats(self) -> dict[str, Any]:
+        sch = self.scheduler
+        kv, tree = sch.kv, sch.kv.tree
+        stats = dataclasses.asdict(sch.stats)
+        stats.update(
+            num_running=len(sch.running) + (sch.chunked is not None), num_waiting=len(sch.waiting),
+            kv_capacity_tokens=kv.capacity, kv_free_tokens=kv.allocator.num_free,
+            cache_tokens=tree.total_size() if tree else 0, cache_evictable_tokens=tree.evictable_size if tree else 0,
+            evicted_tokens_total=kv.evicted_tokens_total, context_len=self.context_len,
+            token_hit_rate=stats["prefix_cache_hits_total"] / max(stats["prefix_cache_queries_total"], 1),
+        )
+        return stats
+
+    def flush_cache(self) -> bool:
+        """Drop every cached prefix; only when idle (returns False otherwise)."""
+        if self.has_work():
+            return False
+        if self.scheduler.kv.tree is not None:
+            self.scheduler.kv.tree.reset()
+        return True
+
+    def update_config(self, knobs: dict[str, Any]) -> dict[str, Any]:
+        """Apply live knobs (engine/knobs.py) between steps; ValueError, and nothing changes, on a bad one."""
+        self.args = apply_knobs(self.args, knobs, self.runner.max_reqs - 1)
+        self.scheduler.update_args(self.args)
+        return {name: getattr(self.args, name) for name in LIVE_KNOBS}

@@ -65,21 +65,7 @@ class SchedulerProcess:
 
     # --- stats ------------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        sch = self.loop.scheduler
-        kv, tree = sch.kv, sch.kv.tree
-        stats = dataclasses.asdict(sch.stats)
-        stats.update(
-            num_running=len(sch.running) + (getattr(sch, "chunked", None) is not None),
-            num_waiting=len(sch.waiting),
-            kv_capacity_tokens=kv.capacity,
-            kv_free_tokens=kv.allocator.num_free,
-            cache_tokens=tree.total_size() if tree is not None else 0,
-            cache_evictable_tokens=tree.evictable_size if tree is not None else 0,
-            evicted_tokens_total=getattr(kv, "evicted_tokens_total", 0),
-            context_len=self.loop.context_len,
-            scheduler_pid=os.getpid(),
-        )
-        return stats
+        return {**self.loop.stats(), "scheduler_pid": os.getpid()}
 
     def push_stats_if_due(self) -> None:
         now = time.monotonic()
@@ -126,24 +112,18 @@ class SchedulerProcess:
         self.detok_params[msg.rid] = detok
 
     def flush_cache(self, seq: int) -> FlushCacheOut:
-        tree = self.loop.scheduler.kv.tree
-        if self.loop.has_work():
+        if not self.loop.flush_cache():
             return FlushCacheOut(seq, False, "requests are in flight; flush the cache when the server is idle")
-        if tree is not None:
-            tree.reset()
         return FlushCacheOut(seq, True)
 
     def update_config(self, msg: UpdateConfigReq) -> UpdateConfigOut:
         """Apply live knobs between steps (as Engine.update_config); nothing changes on a bad knob."""
-        from engine.knobs import LIVE_KNOBS, apply_knobs
-
         try:
-            self.args = apply_knobs(self.args, msg.knobs, self.loop.runner.max_reqs - 1)
+            knobs = self.loop.update_config(msg.knobs)
         except ValueError as e:
             return UpdateConfigOut(msg.seq, False, str(e))
-        self.loop.args = self.args
-        self.loop.scheduler.update_args(self.args)
-        return UpdateConfigOut(msg.seq, True, "", {name: getattr(self.args, name) for name in LIVE_KNOBS})
+        self.args = self.loop.args
+        return UpdateConfigOut(msg.seq, True, "", knobs)
 
     # --- the engine step --------------------------------------------------------------------------------
     def step(self) -> None:

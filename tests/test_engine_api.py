@@ -138,3 +138,21 @@ def test_update_config_live(eng):
     outs = eng.generate([f"p{i}" for i in range(5)], GREEDY)
     assert all(o["meta_info"]["completion_tokens"] == 12 for o in outs)
     assert list(it)[-1]["meta_info"]["completion_tokens"] == 20
+
+
+def test_failed_forward_aborts_its_batch_and_frees_kv(eng, monkeypatch):
+    real = eng.loop.runner.run
+    calls = {"n": 0}
+
+    def flaky(batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")
+        return real(batch)
+
+    monkeypatch.setattr(eng.loop.runner, "run", flaky)
+    outs = eng.generate(["a b c", "d e f"], GREEDY)
+    assert all(o["meta_info"]["finish_reason"]["type"] == "abort" for o in outs)
+    assert "boom" in outs[0]["meta_info"]["finish_reason"]["message"]
+    eng.check_integrity()
+    assert eng.generate("after", GREEDY)["meta_info"]["completion_tokens"] == 12

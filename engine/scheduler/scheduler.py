@@ -288,6 +288,13 @@ class Scheduler:
             self.kv.release(req)
         self.stats.finished_total += 1
 
+    def abort_batch(self, batch: ScheduledBatch, message: str) -> None:
+        """The batch's forward failed: finish its requests as aborted and free their KV (reported next step)."""
+        for req in batch.reqs:
+            if not req.finished:
+                self._finish(req, FinishReason(FinishKind.ABORT, message=message))
+                self._pending.append(finish_output(req, []))
+
     def _apply_aborts(self) -> None:
         for req in self.live_reqs():
             if req.rid in self._aborts:
