@@ -48,16 +48,53 @@ class ExampleRegistry:
         return self._items.get(example_id)
 
 
+class _Pending:
+    """A trie of example-id paths refined but not yet prefilled: 'cached soon', searched beside the tree."""
+
+    __slots__ = ("children", "count")
+
+    def __init__(self):
+        self.children: dict[str, _Pending] = {}
+        self.count = 0
+
+
 class NativePolicy:
     def __init__(self, registry: ExampleRegistry, keep_last: bool = False):
         self.registry = registry
         self.keep_last = keep_last
+        self._pending: dict[tuple[int, ...], _Pending] = {}  # head ids → trie of pending example paths
+        self._pending_by_rid: dict[str, tuple[tuple[int, ...], list[str]]] = {}
+
+    def add_pending(self, rid: str, prompt: IclPrompt, examples: list[IclExample]) -> None:
+        node = self._pending.setdefault(prompt.head_ids, _Pending())
+        ids = [ex.id for ex in examples]
+        for eid in ids:
+            node = node.children.setdefault(eid, _Pending())
+            node.count += 1
+        self._pending_by_rid[rid] = (prompt.head_ids, ids)
+
+    def drop_pending(self, rid: str) -> None:
+        """The request's prompt is in the tree now (or it left): stop counting it as pending."""
+        entry = self._pending_by_rid.pop(rid, None)
+        if entry is None:
+            return
+        head, ids = entry
+        node = self._pending[head]
+        for eid in ids:
+            child = node.children[eid]
+            child.count -= 1
+            if child.count == 0:
+                del node.children[eid]
+                break
+            node = child
+        if not self._pending[head].children:
+            del self._pending[head]
 
     def refine(self, tree, prompt: IclPrompt) -> NativeRefinement:
         exs = list(prompt.examples)
         pinned = len(exs) - 1 if self.keep_last and len(exs) > 1 else None
         free_idx = [i for i in range(len(exs)) if i != pinned]
-        path = self._deepest_path(tree, prompt, exs, free_idx) if tree is not None else []
+        path = self._deepest_path(tree, prompt, exs, free_idx)
         used: set[int] = set()
         out: list[IclExample] = []
         order: list[int] = []
@@ -83,26 +120,42 @@ class NativePolicy:
         return NativeRefinement(out, order, substituted, len(path))
 
     def _deepest_path(self, tree, prompt: IclPrompt, exs: list[IclExample], free_idx: list[int]):
+        """Deepest path through the tree's example edges and the pending trie together (tokens; ties: hotter)."""
         head = list(prompt.head_ids)
-        m = tree.match_prefix(head)
-        if m.matched_len < len(head) - len(head) % tree.page_size or m.matched_len == 0:
+        start = None
+        if tree is not None:
+            m = tree.match_prefix(head)
+            if m.matched_len > 0 and m.matched_len >= len(head) - len(head) % tree.page_size:
+                start = m.last_node
+        pending = self._pending.get(prompt.head_ids)
+        if start is None and pending is None:
             return []
         need = Counter(exs[i].output for i in free_idx)
         best: tuple[tuple[int, int], list[IclExample]] = ((0, 0), [])
 
-        def walk(node, depth: int, hot: int, remaining: Counter, path: list[IclExample]) -> None:
+        def walk(node, pnode, depth: int, hot: int, remaining: Counter, path: list[IclExample]) -> None:
             nonlocal best
             if (depth, hot) > best[0]:
                 best = ((depth, hot), list(path))
-            for edge in tree.segment_successors(node):
-                ex = self.registry.get(edge.segment_id)
+            steps: dict[str, list] = {}
+            if node is not None:
+                for edge in tree.segment_successors(node):
+                    steps[edge.segment_id] = [edge.end_node, None, edge.num_tokens, edge.hit_count]
+            if pnode is not None:
+                for eid, child in pnode.children.items():
+                    ex = self.registry.get(eid)
+                    step = steps.setdefault(eid, [None, None, len(ex.ids) if ex else 0, 0])
+                    step[1] = child
+                    step[3] += child.count
+            for eid, (end_node, pchild, n_tokens, hits) in steps.items():
+                ex = self.registry.get(eid)
                 if ex is None or remaining[ex.output] <= 0:
                     continue
                 remaining[ex.output] -= 1
                 path.append(ex)
-                walk(edge.end_node, depth + edge.num_tokens, hot + edge.hit_count, remaining, path)
+                walk(end_node, pchild, depth + n_tokens, hot + hits, remaining, path)
                 path.pop()
                 remaining[ex.output] += 1
 
-        walk(m.last_node, 0, 0, need, [])
+        walk(start, pending, 0, 0, need, [])
         return best[1]

@@ -25,13 +25,19 @@ class PairRefiner:
         self.table = TablePolicy(table_capacity)
         self.native = NativePolicy(self.registry, keep_last=keep_last)
 
+    def prefilled(self, rid: str) -> None:
+        self.native.drop_pending(rid)
+
     def set_table_capacity(self, capacity: int) -> None:
         self.table.capacity = capacity
 
-    def refine(self, tree, prompt: IclPrompt) -> RefineResult:
+    def refine(self, tree, prompt: IclPrompt, rid: str | None = None) -> RefineResult:
+        """Refine `prompt`; with `rid`, a native result counts as 'cached soon' until `prefilled(rid)`."""
         exs = list(prompt.examples)
         if prompt.refine == "native":
             r = self.native.refine(tree, prompt)
+            if rid is not None:
+                self.native.add_pending(rid, prompt, r.examples)
             return RefineResult(r.examples, r.order, r.substituted)
         for ex in exs:
             self.registry.add(ex)

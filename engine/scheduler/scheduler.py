@@ -109,6 +109,8 @@ class Scheduler:
                 self.stats.prefill_tokens_computed_total += ext
                 # Cache the prompt now, not at finish, so concurrent requests (and PAIR) see it.
                 self.kv.cache_unfinished(req)
+                if do_sample and req.icl is not None:
+                    self.pair.prefilled(req.rid)
             if not do_sample:
                 continue
             if req is self.chunked:
@@ -136,9 +138,6 @@ class Scheduler:
     def _schedule_prefill(self) -> ScheduledBatch | None:
         if self.chunked is None and not self.waiting:
             return None
-        for req in self.waiting:
-            if req.icl is not None and "icl_order" not in req.extra:
-                self._refine(req)
         args = self.args
         token_budget = args.max_prefill_tokens
         chunk = args.effective_chunk_size
@@ -180,10 +179,12 @@ class Scheduler:
                 break
             if self._shares_uncached_prefix(req, cached, picked):
                 continue
+            if req.icl is not None and "icl_order" not in req.extra:
+                self._refine(req)  # PAIR at admission: the freshest view of the tree and of pending prompts
             self.kv.admit(req)
-            extend = req.seq_len - req.cached_len  # the probe may have gone stale
+            extend = req.seq_len - req.cached_len  # the probe may have gone stale (eviction, PAIR)
             take = min(take, extend)
-            if not self.kv.reserve(req, req.kv_len + take):
+            if (take < extend and self.chunked is not None) or not self.kv.reserve(req, req.kv_len + take):
                 self.kv.release(req)
                 break
             self._account_admission(req)
@@ -198,7 +199,7 @@ class Scheduler:
 
     def _refine(self, req: Req) -> None:
         """PAIR at admission time: reorder / substitute the request's examples against the live tree."""
-        res = self.pair.refine(self.kv.tree, req.icl)
+        res = self.pair.refine(self.kv.tree, req.icl, req.rid)
         ids, boundaries, seg_ids = req.icl.assemble(res.examples)
         if len(ids) >= self.context_len or len(ids) + 1 > self.kv.capacity:
             # Substituted examples made it too long: keep the request's own examples, in the refined order.
@@ -277,6 +278,8 @@ class Scheduler:
 
     # --- finishing ------------------------------------------------------------------------------------
     def _finish(self, req: Req, reason: FinishReason) -> None:
+        if req.icl is not None:
+            self.pair.prefilled(req.rid)
         req.finish_reason = reason
         req.status = ReqStatus.FINISHED
         req.finish_time = self.clock()
