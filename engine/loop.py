@@ -15,6 +15,7 @@ from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from engine.pair.render import IclPrompt
 from engine.scheduler import Req, Scheduler, StepOutput
+from engine.scheduler.finish import ENGINE_ERROR_PREFIX
 
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class EngineLoop:
         self.scheduler = Scheduler(args, self.runner.num_slots, self.context_len, self._decode_tail)
         self.eos_token_ids = self._eos_ids(tokenizer)
         self._rng = random.Random(args.seed)
+        self.failed_steps = 0  # consecutive steps whose forward raised (their requests were aborted)
 
     def _decode_tail(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -60,9 +62,11 @@ class EngineLoop:
         try:
             next_ids = self.runner.run(batch) if batch is not None else None
         except Exception as e:  # a failed forward must not strand the batch's requests and their KV
+            self.failed_steps += 1
             logger.exception("model runner failed; aborting the %d request(s) of this batch", batch.batch_size)
-            self.scheduler.abort_batch(batch, f"engine error: {type(e).__name__}: {e}")
+            self.scheduler.abort_batch(batch, f"{ENGINE_ERROR_PREFIX}{type(e).__name__}: {e}")
             return self.scheduler.process_results(None, None)
+        self.failed_steps = 0
         return self.scheduler.process_results(batch, next_ids)
 
     # --- control shared by Engine and the server's scheduler process -----------------------------------

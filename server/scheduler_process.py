@@ -19,6 +19,8 @@ from typing import Any
 
 import zmq
 
+from engine.scheduler.finish import ENGINE_ERROR_PREFIX
+
 from server.ipc import (IpcAddresses, parent_alive, pull_socket, push_socket, recv_all, report_startup_failure,
                         send)
 from server.messages import (AbortReq, BatchTokenOut, FlushCacheOut, FlushCacheReq, GenerateReq, Ready, ShutdownReq,
@@ -132,7 +134,9 @@ class SchedulerProcess:
         except Exception:
             self.on_step_failure(traceback.format_exc())
             return
-        self.failed_steps = 0
+        self.failed_steps = self.loop.failed_steps  # forward failures: the loop aborted their batch itself
+        if self.failed_steps >= MAX_CONSECUTIVE_STEP_FAILURES:
+            raise RuntimeError(f"engine step failed {self.failed_steps} times in a row")
         if outputs:
             send(self.to_detok, BatchTokenOut([self.to_token_out(o) for o in outputs]))
 
@@ -176,6 +180,8 @@ class SchedulerProcess:
         reason = o.finish_reason
         if o.finished and o.rid in self.errors:
             reason = error_reason(self.errors.pop(o.rid), 500)
+        elif reason and reason.get("type") == "abort" and (reason.get("message") or "").startswith(ENGINE_ERROR_PREFIX):
+            reason = error_reason(reason["message"], 500)
         detok = self.detok_params.get(o.rid)
         if o.finished:
             self.detok_params.pop(o.rid, None)

@@ -7,6 +7,7 @@ from engine.detokenize import find_stop_in_tail
 from engine.scheduler.batch import StepOutput
 from engine.scheduler.request import FinishKind, FinishReason, Req
 
+ENGINE_ERROR_PREFIX = "engine error: "  # abort messages of requests whose forward failed (HTTP 500)
 STOP_TAIL_EXTRA_TOKENS = 8  # decode this many tokens beyond the longest stop string's length
 
 
