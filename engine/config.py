@@ -53,7 +53,6 @@ class ServerArgs:
     api_key: str | None = None
     log_level: str = "info"
     tp_size: int = 1
-    trace_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def validate(self) -> "ServerArgs":
