@@ -63,7 +63,9 @@ class Objective:
         return math.exp(loss) if self.kind is ObjectiveKind.P95 else math.exp(-loss)
 
     def within(self, loss: float, best_loss: float, tol: float = 0.05) -> bool:
-        """Is `loss` within `tol` (relative, natural units) of `best_loss`: p95 <= (1+tol) best, score >= (1-tol) best."""
+        """Is `loss` within `tol` (relative, in natural units) of `best_loss`?
+
+        p95: p95 <= (1 + tol) * best; throughput: score >= (1 - tol) * best."""
         gap = math.log1p(tol) if self.kind is ObjectiveKind.P95 else -math.log1p(-tol)
         return loss <= best_loss + gap + 1e-12
 
@@ -114,7 +116,8 @@ class ServerTarget:
 # steadier measure of what a config costs. Metrics carry both: p95_s / throughput_rps (wall) and
 # p95_cpu_s / throughput_cpu_rps (CPU clock); the CPU clock is meaningful for EngineTarget only.
 Stamp = tuple[float, float]  # (wall seconds, process CPU seconds)
-_CPU_NAMES = {"p50_s": "p50_cpu_s", "p95_s": "p95_cpu_s", "mean_s": "mean_cpu_s", "throughput_rps": "throughput_cpu_rps"}
+_CPU_NAMES = {"p50_s": "p50_cpu_s", "p95_s": "p95_cpu_s", "mean_s": "mean_cpu_s",
+              "throughput_rps": "throughput_cpu_rps"}
 
 
 def _now() -> Stamp:
