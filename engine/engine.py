@@ -64,7 +64,7 @@ class Engine:
         if self._closed:
             raise RuntimeError("engine is shut down")
         inputs, single = normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.loop.context_len,
-                                          icl, self.args.pair_policy)
+                                          icl)
         states = []
         with self._lock:
             for inp in inputs:

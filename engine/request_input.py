@@ -28,8 +28,8 @@ def _as_list(x, n: int, name: str) -> list:
     return [x] * n
 
 
-def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len: int, icl=None,
-                     default_refine: str = "none") -> tuple[list[RequestInput], bool]:
+def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len: int, icl=None
+                     ) -> tuple[list[RequestInput], bool]:
     """Returns (requests, single) where single says the caller passed one prompt rather than a list.
 
     Exactly one of prompt (str | list[str]), input_ids (list[int] | list[list[int]]) or icl (dict | list[dict])."""
@@ -41,7 +41,7 @@ def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len:
         items = [icl] if single else icl
         if not isinstance(items, list) or not items:
             raise ValueError("icl: must be an object or a non-empty list of objects")
-        icl_prompts = [render_icl(tokenizer, validate_icl(x, default_refine)) for x in items]
+        icl_prompts = [render_icl(tokenizer, validate_icl(x)) for x in items]
         ids_list = [p.assemble(p.examples)[0] for p in icl_prompts]
     elif prompt is not None:
         single = isinstance(prompt, str)

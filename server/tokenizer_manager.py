@@ -109,7 +109,7 @@ class TokenizerManager:
 
         if icl is not None:
             return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len,
-                                    icl=icl, default_refine=self.args.pair_policy)
+                                    icl=icl)
         return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len)
 
     def _apply_chat_template(self, messages: list[dict[str, Any]]) -> str:

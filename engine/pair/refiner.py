@@ -31,17 +31,19 @@ class PairRefiner:
     def set_table_capacity(self, capacity: int) -> None:
         self.table.capacity = capacity
 
-    def refine(self, tree, prompt: IclPrompt, rid: str | None = None) -> RefineResult:
-        """Refine `prompt`; with `rid`, a native result counts as 'cached soon' until `prefilled(rid)`."""
+    def refine(self, tree, prompt: IclPrompt, rid: str | None = None, default: str = "none") -> RefineResult:
+        """Refine `prompt` by its own policy, or `default` when it names none; with `rid`, a native result
+        counts as 'cached soon' until `prefilled(rid)`."""
         exs = list(prompt.examples)
-        if prompt.refine == "native":
+        policy = prompt.refine or default
+        if policy == "native":
             r = self.native.refine(tree, prompt)
             if rid is not None:
                 self.native.add_pending(rid, prompt, r.examples)
             return RefineResult(r.examples, r.order, r.substituted)
         for ex in exs:
             self.registry.add(ex)
-        if prompt.refine == "table":
+        if policy == "table":
             r = self.table.refine([Example(e.input, e.output, e.id) for e in exs])
             chosen = [self.registry.get(e.id) for e in r.examples]
             # A remembered example whose tokens fell out of the registry cannot be sent; keep the request's own.

@@ -46,7 +46,7 @@ class IclPrompt:
     head_ids: tuple[int, ...]
     examples: tuple[IclExample, ...]
     tail_ids: tuple[int, ...]
-    refine: str = "none"
+    refine: str | None = None  # None: the engine's pair_policy at admission time
 
     def assemble(self, examples: Sequence[IclExample]) -> tuple[list[int], tuple[int, ...], tuple[tuple[int, str], ...]]:
         """Token ids, segment boundaries, and (end offset, example id) pairs for the given example order."""
@@ -60,8 +60,10 @@ class IclPrompt:
         return ids, tuple(boundaries), tuple(seg_ids)
 
 
-def validate_icl(icl: Any, default_refine: str = "none") -> dict:
-    """Check an `icl` dict; ValueError names the bad field (e.g. 'icl.examples[2].output')."""
+def validate_icl(icl: Any) -> dict:
+    """Check an `icl` dict; ValueError names the bad field (e.g. 'icl.examples[2].output').
+
+    A missing `refine` stays None: the scheduler applies its live `pair_policy` when it refines the request."""
     if not isinstance(icl, dict):
         raise ValueError("icl: must be an object")
     unknown = set(icl) - {"instruction", "examples", "query", "refine"}
@@ -85,8 +87,8 @@ def validate_icl(icl: Any, default_refine: str = "none") -> dict:
         for key in ("input", "output"):
             if not isinstance(ex.get(key), str):
                 raise ValueError(f"icl.examples[{i}].{key}: must be a string")
-    refine = icl.get("refine", default_refine)
-    if refine not in REFINE_POLICIES:
+    refine = icl.get("refine")
+    if refine is not None and refine not in REFINE_POLICIES:
         raise ValueError(f"icl.refine: must be one of {REFINE_POLICIES}")
     return {**icl, "refine": refine}
 

@@ -199,7 +199,7 @@ class Scheduler:
 
     def _refine(self, req: Req) -> None:
         """PAIR at admission time: reorder / substitute the request's examples against the live tree."""
-        res = self.pair.refine(self.kv.tree, req.icl, req.rid)
+        res = self.pair.refine(self.kv.tree, req.icl, req.rid, self.args.pair_policy)
         ids, boundaries, seg_ids = req.icl.assemble(res.examples)
         if len(ids) >= self.context_len or len(ids) + 1 > self.kv.capacity:
             # Substituted examples made it too long: keep the request's own examples, in the refined order.
