@@ -11,7 +11,8 @@ Per request, in timestamp order, as engine/scheduler/kv_manager.py does it (unit
 With inflight=N the last N requests stay unfinished (locked, holding their output blocks) while later ones
 run, a simple model of concurrency. Generated tokens are not inserted: traces do not carry them (the engine
 caches them at finish; multi-turn traces re-send them inside the next prompt anyway).
-The tree's clock is the trace timestamp of the request being replayed.
+The tree's clock is the trace timestamp of the request being replayed. For lru/lfu/segment the tree is
+bench.fast_evict's subclass (same evictions as RadixCache.evict, found incrementally).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
+from bench.fast_evict import MONOTONE_POLICIES, IncrementalEvictRadixCache
 from bench.units import UnitInterner, UnitRequest, UnitTrace, unit_request
 from engine.pair.refiner import PairRefiner
 from engine.radix_cache import EvictionPolicy, MatchResult, RadixCache
@@ -99,7 +101,10 @@ class UnitTreeView:
 
 
 class CacheReplay:
-    def __init__(self, trace: UnitTrace, capacity_tokens: int, policy: PolicySpec = "lru", inflight: int = 0):
+    def __init__(self, trace: UnitTrace, capacity_tokens: int, policy: PolicySpec = "lru", inflight: int = 0,
+                 incremental_evict: bool = True):
+        """incremental_evict: for lru/lfu/segment, find victims with bench.fast_evict's persistent heap (same
+        evictions as the engine's RadixCache.evict, without its O(cached leaves) rebuild per call)."""
         bs = trace.block_size
         if capacity_tokens < bs:
             raise ValueError(f"capacity: {capacity_tokens} tokens is less than one block of {bs}")
@@ -113,7 +118,9 @@ class CacheReplay:
         self.allocator = SlotAllocator(self.capacity_blocks + 1, 1)  # + the allocator's padding page
         clock = self._clock
         self.stats = ReplayStats(policy if isinstance(policy, str) else "", self.capacity_blocks * bs, bs)
-        if isinstance(policy, str):
+        if isinstance(policy, str) and incremental_evict and policy in MONOTONE_POLICIES:
+            self.tree = IncrementalEvictRadixCache(1, self.allocator.free, policy, clock)
+        elif isinstance(policy, str):
             self.tree = RadixCache(1, self.allocator.free, policy, clock)
         else:
             start = trace.requests[0].timestamp if trace.requests else 0.0

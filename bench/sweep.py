@@ -112,7 +112,8 @@ def run_cell(model_path: str, engine_flags: dict, cell: dict, workload: list[dic
     lat = np.asarray(latencies)
     return {"requests": len(workload), "wall_s": wall, "throughput_rps": len(workload) / wall,
             "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)),
-            "token_hit_rate": stats["token_hit_rate"], "prefill_tokens_computed": stats["prefill_tokens_computed_total"],
+            "token_hit_rate": stats["token_hit_rate"],
+            "prefill_tokens_computed": stats["prefill_tokens_computed_total"],
             "evicted_tokens": stats["evicted_tokens_total"], "retractions": stats["num_retractions_total"]}
 
 
@@ -132,6 +133,7 @@ def plot(records: list[dict], out_dir: str, name: str) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     paths = []
     for workload in dict.fromkeys(r["workload"] for r in records):
@@ -148,6 +150,7 @@ def plot(records: list[dict], out_dir: str, name: str) -> list[str]:
             axes[1].plot(kv, [r["latency_p95_s"] for r in rs], marker="o", label=label)
         for ax, ylabel in zip(axes, ("token hit rate", "p95 latency (s)")):
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide
             ax.set_xlabel("kv_cache_tokens")
             ax.set_ylabel(ylabel)
             ax.grid(True, alpha=0.3)

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from bench.belady import belady_bound, flatten, infinite_bound
 from bench.cachesim import gap_closed, main as cachesim_main, parse_capacities
 from bench.learned_policy import FEATURES, LearnedPolicy, TreeEnsemble, train
+from bench.fast_evict import IncrementalEvictRadixCache
 from bench.replay import CacheReplay, PolicyRadixCache, ReplayContext
+from engine.radix_cache import RadixCache
 from bench.traces import TraceRequest, read_mooncake, write_trace
 from bench.tracegen import icl_trace
 from bench.units import to_units
@@ -66,8 +68,9 @@ def small_traces(draw):
         stem = draw(st.sampled_from(stems))
         ids = stem[:draw(st.integers(0, len(stem)))] + draw(st.lists(st.integers(0, 3), min_size=1, max_size=5))
         segments = [1, len(ids)] if len(ids) > 1 and draw(st.booleans()) else None
+        examples = dict(example_ids=["e"], example_templates=["t"]) if segments else {}
         reqs.append(TraceRequest(float(i), len(ids), draw(st.integers(1, 3)), token_ids=ids, segments=segments,
-                                 example_ids=["e"] if segments else None, example_templates=["t"] if segments else None))
+                                 **examples))
     return reqs
 
 
@@ -86,6 +89,20 @@ def test_belady_bounds_every_policy(reqs, block_size, blocks, inflight):
         replay.check_integrity()
         assert stats.hit_tokens <= best.hit_tokens, name
         assert all(h <= b for h, b in zip(stats.per_request_hits, inf.per_request_hits))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reqs=small_traces(), block_size=st.sampled_from([1, 2]), blocks=st.integers(2, 10),
+       inflight=st.integers(0, 2), policy=st.sampled_from(["lru", "lfu", "segment"]))
+def test_incremental_evict_matches_the_engines_evict(reqs, block_size, blocks, inflight, policy):
+    trace = to_units(reqs, block_size)
+    fast = CacheReplay(trace, blocks * block_size, policy, inflight)
+    plain = CacheReplay(trace, blocks * block_size, policy, inflight, incremental_evict=False)
+    assert type(plain.tree) is RadixCache and type(fast.tree) is IncrementalEvictRadixCache
+    for req in trace.requests:
+        assert fast.step(req) == plain.step(req)
+        fast.check_integrity()
+    assert fast.finish().evicted_tokens == plain.finish().evicted_tokens
 
 
 def exhaustive_optimum(accesses: list[tuple[int, bool]], capacity: int) -> int:
