@@ -7,13 +7,17 @@ import torch.nn.functional as F
 from engine.attention.base import AttentionBackend, ForwardBatch
 from engine.scheduler.batch import ForwardMode
 
+_LEN_BUCKET = 64  # decode key lengths are padded to a multiple of this
+
 
 class TorchNativeBackend(AttentionBackend):
     def init_forward(self, fb: ForwardBatch) -> None:
         self._decode_meta = None
         if fb.mode is ForwardMode.DECODE:
-            max_len = max(fb.seq_lens_list)
-            # Padded positions read slot 0 (the reserved page) and are masked out.
+            # Round the key length up to a bucket: oneDNN builds a primitive per new bf16 matmul shape, and a
+            # fresh length every step made cold decode ~2x slower. Padded positions read whatever slot index
+            # the table holds there (always a valid slot) and are masked out.
+            max_len = min(-(-max(fb.seq_lens_list) // _LEN_BUCKET) * _LEN_BUCKET, fb.req_to_token.shape[1])
             idx = fb.req_to_token[fb.req_pool_indices, :max_len].long()  # [B, L]
             valid = torch.arange(max_len, device=idx.device)[None, :] < fb.seq_lens[:, None]  # [B, L]
             self._decode_meta = (idx, valid[:, None, None, :])  # valid [B, 1, 1, L]
