@@ -18,7 +18,7 @@ class TorchNativeBackend(AttentionBackend):
             # fresh length every step made cold decode ~2x slower. Padded positions read whatever slot index
             # the table holds there (always a valid slot) and are masked out.
             max_len = min(-(-max(fb.seq_lens_list) // _LEN_BUCKET) * _LEN_BUCKET, fb.req_to_token.shape[1])
-            idx = fb.req_to_token[fb.req_pool_indices, :max_len].long()  # [B, L]
+            idx = fb.req_to_token[fb.req_pool_indices, :max_len].long().contiguous()  # [B, L]
             valid = torch.arange(max_len, device=idx.device)[None, :] < fb.seq_lens[:, None]  # [B, L]
             self._decode_meta = (idx, valid[:, None, None, :])  # valid [B, 1, 1, L]
 
@@ -31,13 +31,17 @@ class TorchNativeBackend(AttentionBackend):
 
     def _decode(self, q, k_buf, v_buf, fb: ForwardBatch) -> torch.Tensor:
         # Explicit batched matmuls: CPU SDPA with a mask for one query row is ~50x slower than this.
+        # index_select (not k_buf[idx]) and contiguous [B, KVH, L, D] operands: advanced indexing and matmuls
+        # over permuted views were each several times slower on CPU.
         idx, valid = self._decode_meta
         B, H, D = q.shape
         kvh = k_buf.shape[1]
-        k = k_buf[idx].permute(0, 2, 3, 1).to(q.dtype)  # [B, KVH, D, L]
-        v = v_buf[idx].transpose(1, 2).to(q.dtype)  # [B, KVH, L, D]
+        L = idx.shape[1]
+        flat = idx.view(-1)
+        k = k_buf.index_select(0, flat).view(B, L, kvh, D).transpose(1, 2).contiguous().to(q.dtype)  # [B, KVH, L, D]
+        v = v_buf.index_select(0, flat).view(B, L, kvh, D).transpose(1, 2).contiguous().to(q.dtype)
         qg = q.view(B, kvh, H // kvh, D)  # query heads grouped by their kv head
-        scores = torch.matmul(qg, k).float() * fb.sm_scale  # [B, KVH, G, L]
+        scores = torch.matmul(qg, k.transpose(-1, -2)).float() * fb.sm_scale  # [B, KVH, G, L]
         scores.masked_fill_(~valid, float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(q.dtype)
         return torch.matmul(probs, v).reshape(B, H * D)  # [B, KVH, G, D] -> [B, H*D]
@@ -55,8 +59,8 @@ class TorchNativeBackend(AttentionBackend):
                 mask, causal = None, True
             else:
                 idx = fb.req_to_token[rows[b], :prefix + ext].long()
-                kb = k_buf[idx].transpose(0, 1)[None].to(q.dtype)  # [1, KVH, S, D]
-                vb = v_buf[idx].transpose(0, 1)[None].to(q.dtype)
+                kb = k_buf.index_select(0, idx).transpose(0, 1)[None].to(q.dtype)  # [1, KVH, S, D]
+                vb = v_buf.index_select(0, idx).transpose(0, 1)[None].to(q.dtype)
                 # new token i sits at position prefix + i and sees keys 0..prefix + i
                 qpos = torch.arange(prefix, prefix + ext, device=q.device)[:, None]
                 mask = torch.arange(prefix + ext, device=q.device)[None, :] <= qpos  # [ext, S]
