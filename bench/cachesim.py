@@ -74,11 +74,10 @@ def simulate(trace: UnitTrace, capacities: list[int], policies: list[str], learn
     for p in policies:
         if p not in known:
             raise ValueError(f"policy: unknown {p!r} (choose from {', '.join(sorted(known))})")
-    specs = {p: p for p in policies if p not in ("learned", "belady")}
-    if "learned" in policies:
-        from bench.learned_policy import LearnedPolicy, TreeEnsemble
+    if "learned" in policies:  # through the engine's policy registry; replays pass it their ReplayContext
+        from bench.learned_policy import TreeEnsemble, register_learned_policy
 
-        specs["learned"] = LearnedPolicy.factory(TreeEnsemble.load(learned_model or DEFAULT_MODEL))
+        register_learned_policy(TreeEnsemble.load(learned_model or DEFAULT_MODEL))
     footprint = footprint_tokens(trace)  # before the replays: native PAIR interns the prompts it builds
     acc = flatten(trace)
     rows = []
@@ -88,7 +87,7 @@ def simulate(trace: UnitTrace, capacities: list[int], policies: list[str], learn
             if name == "belady":
                 stats = belady_bound(trace, cap, acc)
             else:
-                stats = CacheReplay(trace, cap, specs[name], inflight).run(progress, f"{name}@{cap}")
+                stats = CacheReplay(trace, cap, name, inflight).run(progress, f"{name}@{cap}")
             rows.append({**stats.to_json(), "seconds": round(time.perf_counter() - t, 3)})
             if progress:
                 print(f"{name:>8} @ {cap:>9}: token hit {stats.token_hit_rate:.4f}, request hit "

@@ -13,6 +13,12 @@ Priority (lower is evicted first): -(predicted time of next use). A prediction i
 only when the node is accessed again or its age crosses a power of two (in requests), so a node is scored
 O(log age) times between accesses instead of at every eviction.
 
+Priorities can decrease (age and popularity move), so the policy does not declare `monotone`: trees rank
+every leaf per evict() with it. It needs a ReplayContext (simulated clock, example popularity, requests so far),
+which only bench.replay has, so it is registered with the engine's policy registry only on request:
+`register_learned_policy(model)` makes `CacheReplay(trace, cap, "learned")` (and `bench.cachesim --policy
+learned`) work; an engine tree asked for `learned` raises ValueError (it has no replay context).
+
 The trained model is saved as JSON (the trees' arrays) and evaluated in pure Python, so replays need
 neither scikit-learn nor joblib. Training (scikit-learn needed):
     python -m bench.learned_policy --trace TRAIN.jsonl [--trace TRAIN2.jsonl] --block-size 16 \
@@ -33,7 +39,7 @@ from typing import Sequence
 
 from bench.replay import CacheReplay, ReplayContext
 from bench.units import UnitTrace
-from engine.radix_cache import TreeNode
+from engine.radix_cache import TreeNode, register_eviction_policy
 
 FEATURES = ("segment_end", "log_hits", "log_start", "log_length", "log_popularity", "log_age")
 
@@ -96,7 +102,14 @@ class LearnedPolicy:
 
     @classmethod
     def factory(cls, model: TreeEnsemble):
-        return lambda ctx: cls(model, ctx)
+        """policy_context -> LearnedPolicy; ValueError naming radix_eviction_policy without a ReplayContext."""
+        def make(ctx):
+            if not isinstance(ctx, ReplayContext):
+                raise ValueError("radix_eviction_policy: 'learned' needs a bench.replay.ReplayContext "
+                                 "(it runs in the simulator's replays only, not in the engine)")
+            return cls(model, ctx)
+
+        return make
 
     def priority(self, node: TreeNode) -> tuple:
         # Called for every evictable leaf on every evict(): the cached path must stay cheap.
@@ -117,9 +130,15 @@ class LearnedPolicy:
         return entry[3]
 
 
+def register_learned_policy(model: TreeEnsemble) -> None:
+    """Register (or re-register) the name `learned` for `model` with engine.radix_cache's policy registry."""
+    register_eviction_policy(LearnedPolicy.name, LearnedPolicy.factory(model), replace=True)
+
+
 class SampleRecorder:
     """LRU that records (features, first unit, now, tpr) for a fraction of the leaves it ranks (once per
-    node, access and age bucket, like the learned policy's predictions)."""
+    node, access and age bucket, like the learned policy's predictions). Not declared monotone on purpose:
+    samples are drawn from every leaf ranked at every eviction, which only the full-heap path does."""
 
     name = "lru"
 

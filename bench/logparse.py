@@ -20,7 +20,7 @@ Output length (`--output-len`): `oracle` = the tokens of the ground-truth templa
 perfect model gives), ignore_eos, greedy; `model` = up to 64 tokens, stop at EOS; N = exactly N tokens.
 Latency is submit → last token; TTFT is submit → first streamed chunk holding a token. A thread notices its
 first token only after its own next engine step, so TTFT is over-estimated by at most one step.
-`--keep-last` is set on the engine's refiner object directly (ServerArgs has no flag for it yet).
+`--keep-last` sets the engine's `pair_keep_last`.
 Metric definitions: bench/logparse_report.py. One variant of `--systems HDFS --limit 200` (the longest prompts,
 ~1750 tokens with the bench tokenizer) takes about a minute on 2 idle cores.
 """
@@ -182,10 +182,9 @@ def run_variant(path: str, args, variant: Variant, icls, sps, records, ample_cap
     kv = pool_tokens(variant, records, [sp["max_new_tokens"] for sp in sps], args.concurrency, ample_cap)
     cache_on = variant.pool != "nocache"
     flags = dict(model_path=path, dtype=args.dtype, kv_cache_tokens=kv, disable_radix_cache=not cache_on,
-                 radix_eviction_policy=args.eviction, pair_policy=variant.pair,
+                 radix_eviction_policy=args.eviction, pair_policy=variant.pair, pair_keep_last=args.keep_last,
                  max_running_requests=max(args.concurrency, 1))
     with Engine(**flags) as eng:
-        eng.loop.scheduler.pair.native.keep_last = args.keep_last  # no engine flag for it yet
         audit = RefineAudit(eng.loop.scheduler.pair)
         eng.generate(prompt="warm up", sampling_params={"max_new_tokens": 2, "ignore_eos": True})
         eng.flush_cache()

@@ -11,8 +11,13 @@ Per request, in timestamp order, as engine/scheduler/kv_manager.py does it (unit
 With inflight=N the last N requests stay unfinished (locked, holding their output blocks) while later ones
 run, a simple model of concurrency. Generated tokens are not inserted: traces do not carry them (the engine
 caches them at finish; multi-turn traces re-send them inside the next prompt anyway).
-The tree's clock is the trace timestamp of the request being replayed. For lru/lfu/segment the tree is
-bench.fast_evict's subclass (same evictions as RadixCache.evict, found incrementally).
+The tree's clock is the trace timestamp of the request being replayed (it never goes back: requests are
+replayed in timestamp order), so the engine's RadixCache finds victims of monotone policies (lru, lfu, segment)
+incrementally, as in the engine (engine/radix_cache/evictable.py).
+
+Policies: a registered name (engine.radix_cache.register_eviction_policy) is built with this replay's
+ReplayContext as its policy_context, which is how `learned` (bench/learned_policy.py) gets its context; a
+callable spec gets the context directly and returns a policy object.
 """
 from __future__ import annotations
 
@@ -21,7 +26,6 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
-from bench.fast_evict import MONOTONE_POLICIES, IncrementalEvictRadixCache
 from bench.units import UnitInterner, UnitRequest, UnitTrace, unit_request
 from engine.pair.refiner import PairRefiner
 from engine.radix_cache import EvictionPolicy, MatchResult, RadixCache
@@ -74,14 +78,6 @@ class ReplayStats:
                 "evicted_tokens": self.evicted_tokens, "substituted_examples": self.substituted_examples}
 
 
-class PolicyRadixCache(RadixCache):
-    """RadixCache driven by a policy object: the engine's make_eviction_policy only builds registered names."""
-
-    def __init__(self, page_size: int, free_slots, policy: EvictionPolicy, clock: Callable[[], float]):
-        super().__init__(page_size, free_slots, "lru", clock)
-        self._policy = policy
-
-
 class UnitTreeView:
     """The tree as PAIR sees it in token terms: keys are tokens, page_size is block_size."""
 
@@ -101,10 +97,8 @@ class UnitTreeView:
 
 
 class CacheReplay:
-    def __init__(self, trace: UnitTrace, capacity_tokens: int, policy: PolicySpec = "lru", inflight: int = 0,
-                 incremental_evict: bool = True):
-        """incremental_evict: for lru/lfu/segment, find victims with bench.fast_evict's persistent heap (same
-        evictions as the engine's RadixCache.evict, without its O(cached leaves) rebuild per call)."""
+    def __init__(self, trace: UnitTrace, capacity_tokens: int, policy: PolicySpec = "lru", inflight: int = 0):
+        """policy: a registered name or a factory ReplayContext -> policy object (see the module docstring)."""
         bs = trace.block_size
         if capacity_tokens < bs:
             raise ValueError(f"capacity: {capacity_tokens} tokens is less than one block of {bs}")
@@ -117,16 +111,12 @@ class CacheReplay:
         self.popularity: Counter = Counter()
         self.allocator = SlotAllocator(self.capacity_blocks + 1, 1)  # + the allocator's padding page
         clock = self._clock
-        self.stats = ReplayStats(policy if isinstance(policy, str) else "", self.capacity_blocks * bs, bs)
-        if isinstance(policy, str) and incremental_evict and policy in MONOTONE_POLICIES:
-            self.tree = IncrementalEvictRadixCache(1, self.allocator.free, policy, clock)
-        elif isinstance(policy, str):
-            self.tree = RadixCache(1, self.allocator.free, policy, clock)
-        else:
-            start = trace.requests[0].timestamp if trace.requests else 0.0
-            ctx = ReplayContext(clock, self.popularity, lambda: self.stats.requests, start, bs, self.capacity_blocks)
-            self.tree = PolicyRadixCache(1, self.allocator.free, policy(ctx), clock)
-            self.stats.policy = self.tree.eviction_policy
+        self.stats = ReplayStats("", self.capacity_blocks * bs, bs)
+        start = trace.requests[0].timestamp if trace.requests else 0.0
+        ctx = ReplayContext(clock, self.popularity, lambda: self.stats.requests, start, bs, self.capacity_blocks)
+        spec = policy if isinstance(policy, str) else policy(ctx)
+        self.tree = RadixCache(1, self.allocator.free, spec, clock, policy_context=ctx)
+        self.stats.policy = self.tree.eviction_policy
         self._running: deque = deque()  # (locked node, slots the request owns outright)
         self._refiner = PairRefiner()
         self._view = UnitTreeView(self.tree, trace.interner)

@@ -1,5 +1,6 @@
 """Request traces for the prefix-cache simulator: one JSONL format, its reader/writer, a Mooncake reader, and
-`record_request` for logging live traffic without raw text.
+(re-exported from engine/trace_recorder.py) block hashing, `record_request` and `TraceRecorder` for logging
+live traffic without raw text.
 
 Format (docs/traces.md has the full description). A trace file is UTF-8 JSON Lines:
 
@@ -23,17 +24,20 @@ is read by `read_mooncake`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import IO, Iterable, Iterator, Sequence
+from typing import IO, Iterable, Iterator
 
-import numpy as np
+# The writing half of the format lives in the engine (it records live traffic and must not import bench);
+# re-exported here so trace users find the whole format in one module.
+from engine.trace_recorder import (TRACE_NAME, TRACE_VERSION, BlockHasher, TraceRecorder, block_hashes,
+                                   record_request, template_hash, trace_header)
 
-TRACE_NAME = "pairserve"
-TRACE_VERSION = 1
+__all__ = ["TRACE_NAME", "TRACE_VERSION", "MOONCAKE_BLOCK_SIZE", "BlockHasher", "Trace", "TraceRecorder",
+           "TraceRequest", "block_hashes", "open_trace", "read_mooncake", "read_trace", "record_request",
+           "template_hash", "trace_header", "write_trace"]
+
 MOONCAKE_BLOCK_SIZE = 512
-_HASH_MASK = (1 << 63) - 1
 _OPTIONAL_LISTS = ("segments", "example_ids", "example_templates")
 
 
@@ -226,64 +230,3 @@ def read_mooncake(path: str, block_size: int = MOONCAKE_BLOCK_SIZE, time_scale: 
     head, requests = open_trace(path, "mooncake", block_size, limit, time_scale)
     head.requests = list(requests)
     return head
-
-
-class BlockHasher:
-    """Chained block hashes of a token sequence that grows at the end (a chat session's history), so each
-    token is hashed once however many turns repeat it. `hashes()` equals block_hashes(all tokens so far)."""
-
-    def __init__(self, block_size: int, salt: bytes = b""):
-        if block_size < 1:
-            raise ValueError(f"block_size: must be >= 1 (got {block_size})")
-        self.block_size = block_size
-        self._full: list[int] = []  # hashes of the complete blocks
-        self._prev = salt  # digest of the last complete block (the salt before the first)
-        self._pending = b""  # bytes of the tokens after the last complete block
-
-    def extend(self, token_ids: Sequence[int]) -> "BlockHasher":
-        data = self._pending + np.asarray(token_ids, dtype="<i4").tobytes()  # 4 little-endian bytes per id
-        step = 4 * self.block_size
-        whole = len(data) - len(data) % step
-        for start in range(0, whole, step):
-            self._prev = hashlib.blake2b(self._prev + data[start:start + step], digest_size=8).digest()
-            self._full.append(int.from_bytes(self._prev, "little") & _HASH_MASK)
-        self._pending = data[whole:]
-        return self
-
-    def hashes(self) -> list[int]:
-        if not self._pending:
-            return list(self._full)
-        digest = hashlib.blake2b(self._prev + self._pending, digest_size=8).digest()
-        return self._full + [int.from_bytes(digest, "little") & _HASH_MASK]
-
-
-def block_hashes(token_ids: Sequence[int], block_size: int, salt: bytes = b"") -> list[int]:
-    """Chained 63-bit hashes of the blocks of token_ids (the last may be partial): hash i covers tokens
-    [0, min((i + 1) * block_size, len)), so equal hashes mean equal prefixes (up to blake2b collisions).
-    `salt` keys the hash, so traces recorded with a secret salt cannot be matched against guessed prompts."""
-    return BlockHasher(block_size, salt).extend(token_ids).hashes()
-
-
-def record_request(fh: IO[str], *, timestamp: float, token_ids: Sequence[int], output_length: int,
-                   block_size: int, segments: Sequence[int] | None = None,
-                   example_ids: Sequence[str] | None = None, example_templates: Sequence[str] | None = None,
-                   session_id: str | None = None, app_id: str | None = None, salt: bytes = b"") -> None:
-    """Append one request of a live engine to an open trace file, without raw text or token ids: the prompt
-    becomes block hashes, templates become 16-hex-digit hashes. The caller writes the header once (e.g.
-    write the line of `trace_header(block_size)`) and flushes when it likes."""
-    templates = None
-    if example_templates is not None:
-        templates = [hashlib.blake2b(salt + t.encode(), digest_size=8).hexdigest() for t in example_templates]
-    req = TraceRequest(timestamp=float(timestamp), input_length=len(token_ids), output_length=int(output_length),
-                       hash_ids=block_hashes(token_ids, block_size, salt),
-                       segments=list(segments) if segments is not None else None,
-                       example_ids=list(example_ids) if example_ids is not None else None,
-                       example_templates=templates, session_id=session_id, app_id=app_id)
-    req.validate("record_request")
-    fh.write(json.dumps(req.to_json(), separators=(",", ":")) + "\n")
-
-
-def trace_header(block_size: int | None, meta: dict | None = None) -> str:
-    """The header line (with newline) that starts a trace file."""
-    header = {"trace": TRACE_NAME, "version": TRACE_VERSION, "block_size": block_size, "meta": meta or {}}
-    return json.dumps(header, separators=(",", ":")) + "\n"

@@ -11,8 +11,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.radix_cache.eviction import eviction_policy_names
+
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
-EVICTION_POLICIES = ("lru", "lfu", "segment")
+EVICTION_POLICIES = ("lru", "lfu", "segment")  # the built-ins; more via register_eviction_policy
 ATTENTION_BACKENDS = ("auto", "torch", "triton", "flashinfer")
 DTYPES = ("bfloat16", "float32", "float16")
 PAIR_POLICIES = ("none", "table", "native")
@@ -44,9 +46,13 @@ class ServerArgs:
     radix_eviction_policy: str = "lru"
     pair_policy: str = "none"  # default refine policy for icl requests that do not say
     pair_table_capacity: int = 200
+    pair_keep_last: bool = False  # native PAIR keeps the request's last (most similar) example last
     # kernels
     attention_backend: str = "auto"
     num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
+    # tracing: record finished requests as a prefix-cache trace (hashes only; engine/trace_recorder.py)
+    trace_file: str | None = None
+    trace_block_size: int = 16  # prompt tokens per recorded block hash
     # server
     host: str = "127.0.0.1"
     port: int = 30000
@@ -76,14 +82,18 @@ class ServerArgs:
             bad("schedule_policy", f"must be one of {SCHEDULE_POLICIES}")
         if not 0.0 < self.schedule_conservativeness <= 10.0:
             bad("schedule_conservativeness", "must be in (0, 10]")
-        if self.radix_eviction_policy not in EVICTION_POLICIES:
-            bad("radix_eviction_policy", f"must be one of {EVICTION_POLICIES}")
+        if self.radix_eviction_policy not in eviction_policy_names():  # built-ins + register_eviction_policy
+            bad("radix_eviction_policy", f"must be a registered eviction policy {eviction_policy_names()}")
         if self.pair_policy not in PAIR_POLICIES:
             bad("pair_policy", f"must be one of {PAIR_POLICIES}")
         if self.pair_table_capacity < 1:
             bad("pair_table_capacity", "must be >= 1")
         if self.attention_backend not in ATTENTION_BACKENDS:
             bad("attention_backend", f"must be one of {ATTENTION_BACKENDS}")
+        if self.trace_file is not None and (not isinstance(self.trace_file, str) or not self.trace_file):
+            bad("trace_file", "must be a non-empty path or None")
+        if type(self.trace_block_size) is not int or self.trace_block_size < 1:
+            bad("trace_block_size", "must be an integer >= 1")
         if self.tp_size != 1:
             bad("tp_size", "only 1 is supported (single device)")
         if not 0 < self.port < 65536:

@@ -18,6 +18,7 @@ from engine.models.loader import load_tokenizer, resolve_model_path
 from engine.request_input import RequestInput, normalize_inputs
 from engine.sampling_params import SamplingParams
 from engine.scheduler import StepOutput
+from engine.trace_recorder import open_trace_recorder
 
 
 @dataclasses.dataclass
@@ -54,7 +55,14 @@ class Engine:
         self.args = ServerArgs(**flags).validate()
         path = resolve_model_path(self.args.model_path)
         self.tokenizer = load_tokenizer(path)
-        self.loop = EngineLoop(self.args, path, self.tokenizer)
+        # trace_file: finished requests are recorded there (hashes only) until shutdown() closes it.
+        self.recorder = open_trace_recorder(self.args)
+        try:
+            self.loop = EngineLoop(self.args, path, self.tokenizer, self.recorder)
+        except BaseException:
+            if self.recorder is not None:
+                self.recorder.close()
+            raise
         self._lock = threading.Lock()
         self._states: dict[str, _ReqState] = {}
         self._closed = False
@@ -183,6 +191,8 @@ class Engine:
             for rid in list(self._states):
                 self.loop.abort(rid)
             self._closed = True
+            if self.recorder is not None:
+                self.recorder.close()
 
     def __enter__(self) -> "Engine":
         return self

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from engine.config import EVICTION_POLICIES, SCHEDULE_POLICIES, ServerArgs
+from engine.radix_cache.eviction import eviction_policy_names
 
 
 @dataclass(frozen=True)
@@ -14,16 +15,18 @@ class Knob:
     kind: type  # int, float or str
     low: float | None = None  # numeric range, inclusive
     high: float | None = None
-    choices: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()  # the values samplers draw from
     log_scale: bool = False  # for samplers: draw log-uniformly
+    accepted: Callable[[], tuple[str, ...]] | None = None  # what check() allows, when wider than choices
 
     def check(self, value: Any) -> Any:
         if self.kind is int and (not isinstance(value, int) or isinstance(value, bool)):
             raise ValueError(f"{self.name}: must be an integer (got {value!r})")
         if self.kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise ValueError(f"{self.name}: must be a number (got {value!r})")
-        if self.kind is str and value not in self.choices:
-            raise ValueError(f"{self.name}: must be one of {self.choices} (got {value!r})")
+        allowed = self.accepted() if self.accepted is not None else self.choices
+        if self.kind is str and value not in allowed:
+            raise ValueError(f"{self.name}: must be one of {allowed} (got {value!r})")
         if self.low is not None and not self.low <= value <= self.high:
             raise ValueError(f"{self.name}: must be in [{self.low}, {self.high}] (got {value!r})")
         return float(value) if self.kind is float else value
@@ -39,7 +42,8 @@ LIVE_KNOBS: dict[str, Knob] = {k.name: k for k in (
     Knob("schedule_policy", str, choices=SCHEDULE_POLICIES),
     Knob("schedule_conservativeness", float, 0.05, 2.0),
     Knob("lpm_aging_seconds", float, 0.1, 60.0, log_scale=True),
-    Knob("radix_eviction_policy", str, choices=EVICTION_POLICIES),
+    # Any registered policy may be switched to; searches draw from the built-ins.
+    Knob("radix_eviction_policy", str, choices=EVICTION_POLICIES, accepted=eviction_policy_names),
     Knob("pair_policy", str, choices=("none", "table", "native")),
     Knob("pair_table_capacity", int, 1, 100_000, log_scale=True),
 )}

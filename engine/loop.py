@@ -1,6 +1,10 @@
 """The engine step shared by `Engine` and the server's scheduler process: schedule → run → process results.
 
-I/O is not here: callers feed requests in with `add`/`abort` and take `StepOutput`s from `step()`.
+I/O is not here: callers feed requests in with `add`/`abort` and take `StepOutput`s from `step()`. The one
+output besides those, a trace of finished requests, goes to a `TraceRecorder` the caller opens, passes in and
+closes (engine/trace_recorder.py). It records every request that finishes normally (stop or length) with the
+prompt the engine ran; aborted requests (client abort, engine error, KV pool too small) are skipped and only
+counted (`recorder.skipped`), since their output length says nothing about the request.
 """
 from __future__ import annotations
 
@@ -14,16 +18,20 @@ from engine.knobs import LIVE_KNOBS, apply_knobs
 from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from engine.pair.render import IclPrompt
+from engine.radix_cache import make_eviction_policy
 from engine.scheduler import Req, Scheduler, StepOutput
 from engine.scheduler.finish import ENGINE_ERROR_PREFIX
+from engine.scheduler.request import FinishKind
+from engine.trace_recorder import TraceRecorder
 
 
 logger = logging.getLogger(__name__)
 
 
 class EngineLoop:
-    def __init__(self, args: ServerArgs, model_path: str, tokenizer):
+    def __init__(self, args: ServerArgs, model_path: str, tokenizer, recorder: TraceRecorder | None = None):
         self.args = args
+        self.recorder = recorder
         self.runner = ModelRunner(args, model_path)
         self.tokenizer = tokenizer
         self.context_len = self.runner.context_len
@@ -65,9 +73,53 @@ class EngineLoop:
             self.failed_steps += 1
             logger.exception("model runner failed; aborting the %d request(s) of this batch", batch.batch_size)
             self.scheduler.abort_batch(batch, f"{ENGINE_ERROR_PREFIX}{type(e).__name__}: {e}")
-            return self.scheduler.process_results(None, None)
+            return self._record_finished(self.scheduler.process_results(None, None), [])
         self.failed_steps = 0
-        return self.scheduler.process_results(batch, next_ids)
+        return self._record_finished(self.scheduler.process_results(batch, next_ids),
+                                     batch.reqs if batch is not None else [])
+
+    def _record_finished(self, outputs: list[StepOutput], batch_reqs: list[Req]) -> list[StepOutput]:
+        """Trace the requests that finished in this step (if recording); returns `outputs`. Normal finishes
+        happen only to the batch's requests; aborts (reported for any request) are counted, not recorded."""
+        if self.recorder is None:
+            return outputs
+        by_rid = None
+        for out in outputs:
+            if not out.finished:
+                continue
+            if (out.finish_reason or {}).get("type") == FinishKind.ABORT.value:
+                self.recorder.skip()
+                continue
+            if by_rid is None:
+                by_rid = {r.rid: r for r in batch_reqs}
+            req = by_rid.get(out.rid)
+            if req is None:  # not reachable today; a trace line without its prompt would be wrong, so skip
+                self.recorder.skip()
+                continue
+            segments = example_ids = templates = None
+            if req.segments is not None and req.segments.segment_ids:
+                segments = list(req.segments.boundaries)
+                example_ids = [eid for _, eid in req.segments.segment_ids]
+                templates = self._templates(req, example_ids)
+            self.recorder.record(arrival_time=req.arrival_time, token_ids=req.input_ids,
+                                 output_length=len(req.output_ids), segments=segments, example_ids=example_ids,
+                                 example_templates=templates)
+        return outputs
+
+    def _templates(self, req: Req, example_ids: list[str]) -> list[str] | None:
+        """Each example's template (PAIR's matching identity), or None when one is unknown: a substituted
+        example comes from PAIR's registry, which may have dropped it since."""
+        known = {ex.id: ex.output for ex in req.icl.examples} if req.icl is not None else {}
+        registry = self.scheduler.pair.registry
+        out = []
+        for eid in example_ids:
+            if eid not in known:
+                ex = registry.get(eid)
+                if ex is None:
+                    return None
+                known[eid] = ex.output
+            out.append(known[eid])
+        return out
 
     # --- control shared by Engine and the server's scheduler process -----------------------------------
     def stats(self) -> dict[str, Any]:
@@ -93,6 +145,9 @@ class EngineLoop:
 
     def update_config(self, knobs: dict[str, Any]) -> dict[str, Any]:
         """Apply live knobs (engine/knobs.py) between steps; ValueError, and nothing changes, on a bad one."""
-        self.args = apply_knobs(self.args, knobs, self.runner.max_reqs - 1)
+        args = apply_knobs(self.args, knobs, self.runner.max_reqs - 1)
+        if args.radix_eviction_policy != self.args.radix_eviction_policy:
+            make_eviction_policy(args.radix_eviction_policy)  # a registered factory may refuse: before any change
+        self.args = args
         self.scheduler.update_args(self.args)
         return {name: getattr(self.args, name) for name in LIVE_KNOBS}

@@ -51,10 +51,17 @@ class SchedulerProcess:
     def __init__(self, args, model_path: str, addrs: IpcAddresses, parent_pid: int):
         from engine.loop import EngineLoop
         from engine.models.loader import load_tokenizer
+        from engine.trace_recorder import open_trace_recorder
 
         self.args = args
         self.parent_pid = parent_pid
-        self.loop = EngineLoop(args, model_path, load_tokenizer(model_path))
+        self.recorder = open_trace_recorder(args)  # --trace-file; closed by close()
+        try:
+            self.loop = EngineLoop(args, model_path, load_tokenizer(model_path), self.recorder)
+        except BaseException:
+            if self.recorder is not None:
+                self.recorder.close()
+            raise
         self.ctx = zmq.Context()
         self.recv_sock = pull_socket(self.ctx, addrs.scheduler)
         self.to_detok = push_socket(self.ctx, addrs.detokenizer)
@@ -202,6 +209,8 @@ class SchedulerProcess:
             self.push_stats_if_due()
 
     def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
         self.ctx.destroy(linger=0)
 
 

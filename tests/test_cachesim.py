@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 
 from bench.belady import belady_bound, flatten, infinite_bound
 from bench.cachesim import gap_closed, main as cachesim_main, parse_capacities
-from bench.learned_policy import FEATURES, LearnedPolicy, TreeEnsemble, train
-from bench.fast_evict import IncrementalEvictRadixCache
-from bench.replay import CacheReplay, PolicyRadixCache, ReplayContext
-from engine.radix_cache import RadixCache
+from bench.learned_policy import FEATURES, LearnedPolicy, TreeEnsemble, register_learned_policy, train
+from bench.replay import CacheReplay, ReplayContext
+from engine.radix_cache import RadixCache, make_eviction_policy, unregister_eviction_policy
 from bench.traces import TraceRequest, read_mooncake, write_trace
 from bench.tracegen import icl_trace
 from bench.units import to_units
@@ -91,17 +90,35 @@ def test_belady_bounds_every_policy(reqs, block_size, blocks, inflight):
         assert all(h <= b for h, b in zip(stats.per_request_hits, inf.per_request_hits))
 
 
+def cached_prefixes(tree: RadixCache) -> set[tuple]:
+    out, stack = set(), list(tree.root.children.values())
+    while stack:
+        node = stack.pop()
+        out.add((tuple(tree.path_key(node)), tuple(tree.path_slots(node))))
+        stack.extend(node.children.values())
+    return out
+
+
+class FullHeap:
+    """The same priorities without the monotone promise: the tree ranks every leaf per evict() call."""
+
+    def __init__(self, policy):
+        self.name, self.priority = policy.name, policy.priority
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(reqs=small_traces(), block_size=st.sampled_from([1, 2]), blocks=st.integers(2, 10),
        inflight=st.integers(0, 2), policy=st.sampled_from(["lru", "lfu", "segment"]))
-def test_incremental_evict_matches_the_engines_evict(reqs, block_size, blocks, inflight, policy):
+def test_incremental_evict_matches_full_heap_evict(reqs, block_size, blocks, inflight, policy):
     trace = to_units(reqs, block_size)
     fast = CacheReplay(trace, blocks * block_size, policy, inflight)
-    plain = CacheReplay(trace, blocks * block_size, policy, inflight, incremental_evict=False)
-    assert type(plain.tree) is RadixCache and type(fast.tree) is IncrementalEvictRadixCache
+    plain = CacheReplay(trace, blocks * block_size, lambda ctx: FullHeap(make_eviction_policy(policy)), inflight)
+    assert fast.tree.incremental_eviction and not plain.tree.incremental_eviction
     for req in trace.requests:
         assert fast.step(req) == plain.step(req)
         fast.check_integrity()
+        # Same victims, not just the same hits: the trees hold the same prefixes in the same slots.
+        assert cached_prefixes(fast.tree) == cached_prefixes(plain.tree)
     assert fast.finish().evicted_tokens == plain.finish().evicted_tokens
 
 
@@ -136,11 +153,25 @@ def test_belady_is_the_exact_optimum_of_its_relaxation(reqs, blocks):
 def test_learned_policy_prefers_to_evict_predicted_far_nodes():
     freed = []
     ctx = ReplayContext(lambda: 10.0, Counter(), lambda: 5, 0.0, 1, 100)
-    tree = PolicyRadixCache(1, freed.extend, LearnedPolicy(tiny_model(), ctx), ctx.clock)
+    tree = RadixCache(1, freed.extend, LearnedPolicy(tiny_model(), ctx), ctx.clock)
     tree.insert([1, 2, 3], [11, 12, 13], segment_ids={3: "example"})  # soon: kept
     tree.insert([7, 8, 9], [17, 18, 19])  # a query tail: predicted far
     assert tree.eviction_policy == "learned"
     assert tree.evict(1) == 3 and sorted(freed) == [17, 18, 19]
+
+
+def test_learned_policy_is_selected_by_name_through_the_registry(tmp_path):
+    trace = to_units(icl_trace(120, seed=4), 16)
+    register_learned_policy(tiny_model())
+    try:
+        by_name = CacheReplay(trace, 1500, "learned").run()
+        by_factory = CacheReplay(trace, 1500, LearnedPolicy.factory(tiny_model())).run()
+        assert by_name.policy == "learned" and by_name.evicted_tokens > 0
+        assert list(by_name.per_request_hits) == list(by_factory.per_request_hits)
+        with pytest.raises(ValueError, match="radix_eviction_policy: 'learned' needs"):
+            RadixCache(1, lambda slots: None, "learned")  # the engine has no replay context
+    finally:
+        unregister_eviction_policy("learned")
 
 
 def test_learned_policy_trains_loads_and_keeps_the_tree_sound(tmp_path):

@@ -113,11 +113,6 @@ def test_pair_policies_beat_no_refinement(hit_rates):
     assert hit_rates["table"] > hit_rates["none"] and hit_rates["native"] > hit_rates["none"], hit_rates
 
 
-# Measured: none 0.831, table 0.869, native 0.860. The gap is all in the stream's last 8 requests (the DPP pool
-# candidates, each lacking one pool example): native sends every earlier request in one canonical order, so a
-# candidate missing an early example of that order reuses only the head, while the table's mixed orders leave
-# other paths cached. Remove the marker once engine/pair closes the gap.
-@pytest.mark.xfail(strict=True, reason="native PAIR trails the table policy on this stream (see comment)")
 def test_native_hit_rate_at_least_table(hit_rates):
     assert hit_rates["native"] >= hit_rates["table"], hit_rates
 

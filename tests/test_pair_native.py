@@ -136,7 +136,9 @@ def test_canonical_order_without_a_cached_head():
     first = policy.refine(cache.tree, prompt([C, A, B, D]))
     second = policy.refine(cache.tree, prompt([D, B, C, A]))
     assert first.cached_examples == second.cached_examples == 0
-    assert [e.id for e in first.examples] == [e.id for e in second.examples] == sorted(e.id for e in (A, B, C, D))
+    # equal popularity: the request's own (kNN) order stands
+    assert [e.id for e in first.examples] == [e.id for e in (C, A, B, D)] and first.order == [0, 1, 2, 3]
+    assert [e.id for e in second.examples] == [e.id for e in (D, B, C, A)] and second.order == [0, 1, 2, 3]
     cache.registry.count_use([C, C, C])  # C's template is now the most used: it leads
     third = policy.refine(cache.tree, prompt([A, B, C, D]))
     assert third.examples[0].id == C.id and third.order[0] == 2

@@ -3,7 +3,9 @@
 Fake requests are admitted (match + lock + alloc the uncached rest, evicting when short), checkpointed (insert
 what is computed so far and re-lock the new end, as chunked prefill does), finished (insert, free duplicates,
 unlock) or aborted. After every step the tree recounts itself and every usable slot must be owned by exactly one
-of: the tree, the free list, an in-flight request.
+of: the tree, the free list, an in-flight request. Each run evicts either through the incremental heap (the
+built-ins are monotone) or, with the same priorities wrapped as non-monotone, through the full per-call heap;
+the `evict` rule checks the first victim against a brute-force minimum either way.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from hypothesis.stateful import run_state_machine_as_test
 
-from engine.radix_cache import RadixCache, TreeNode, eviction_policy_names, make_eviction_policy
+from engine.config import EVICTION_POLICIES as BUILTIN_POLICIES
+from engine.radix_cache import RadixCache, TreeNode, make_eviction_policy
 from engine.slot_allocator import SlotAllocator
 
 VOCAB = 3  # tiny, so prefixes collide constantly
@@ -24,6 +27,13 @@ MAX_IN_FLIGHT = 4
 segment_tokens = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=6)
 request_parts = st.lists(st.integers(0, 3), min_size=1, max_size=3)  # indices into the machine's segments
 query_tokens = st.lists(st.integers(0, VOCAB - 1), max_size=6)
+
+
+class FullHeap:
+    """A policy's priorities without its monotone promise: the tree ranks every leaf per evict() call."""
+
+    def __init__(self, policy):
+        self.name, self.priority = policy.name, policy.priority
 
 
 @dataclass
@@ -38,14 +48,16 @@ class FakeReq:
 class RadixMachine(RuleBasedStateMachine):
     counts: dict[str, int]  # set by the test that runs the machine: examples and invariant checks
 
-    @initialize(page_size=st.sampled_from([1, 4]), policy=st.sampled_from(eviction_policy_names()),
-                segments=st.lists(segment_tokens, min_size=2, max_size=4))
-    def setup(self, page_size: int, policy: str, segments: list[list[int]]) -> None:
+    @initialize(page_size=st.sampled_from([1, 4]), policy=st.sampled_from(BUILTIN_POLICIES),
+                full_heap=st.booleans(), segments=st.lists(segment_tokens, min_size=2, max_size=4))
+    def setup(self, page_size: int, policy: str, full_heap: bool, segments: list[list[int]]) -> None:
         self.page_size = page_size
         self.alloc = SlotAllocator(POOL_SLOTS, page_size)
         self.freed: list[list[int]] = []
         self.now = 0.0
-        self.tree = RadixCache(page_size, self._free, eviction_policy=policy, clock=lambda: self.now)
+        spec = FullHeap(make_eviction_policy(policy)) if full_heap else policy
+        self.tree = RadixCache(page_size, self._free, eviction_policy=spec, clock=lambda: self.now)
+        assert self.tree.incremental_eviction is not full_heap
         self.priority = make_eviction_policy(policy).priority
         self.segments = segments
         self.requests: list[FakeReq] = []

@@ -57,7 +57,7 @@ def test_import_does_not_pull_torch():
 
 
 def test_policy_names_match_config_and_unknown_policy_is_rejected():
-    assert set(eviction_policy_names()) == set(EVICTION_POLICIES)
+    assert eviction_policy_names()[:3] == EVICTION_POLICIES  # the built-ins; others may be registered
     with pytest.raises(ValueError, match="radix_eviction_policy"):
         RadixCache(1, lambda slots: None, eviction_policy="mru")
 

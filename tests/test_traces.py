@@ -189,3 +189,79 @@ def test_loghub_icl_trace_uses_the_engine_layout(tiny_model_dir):
             # each example segment holds exactly its block: "Log message: `..`\nLog template: `<template>`\n"
             text = tok.decode(r.token_ids[a:b])
             assert text.startswith("Log message: `") and text.endswith(f"Log template: `{template}`\n")
+
+
+def test_bench_traces_reexports_the_engines_writer():
+    import engine.trace_recorder as rec
+    import bench.traces as bt
+
+    assert bt.block_hashes is rec.block_hashes and bt.record_request is rec.record_request
+    assert bt.BlockHasher is rec.BlockHasher and bt.trace_header is rec.trace_header
+
+
+def test_engine_records_live_traffic_as_a_replayable_hash_trace(tiny_model_dir, make_engine, tmp_path):
+    from bench.cachesim import load_units, simulate
+    from bench.replay import CacheReplay
+    from engine.pair.render import example_id
+    from engine.trace_recorder import template_hash
+
+    path = str(tmp_path / "live.jsonl")
+    eng = make_engine(tiny_model_dir, trace_file=path, trace_block_size=4)
+    greedy = {"max_new_tokens": 3, "temperature": 0, "ignore_eos": True}
+    p1 = [10 + i % 90 for i in range(41)]
+    p2 = p1[:32] + [200 + i for i in range(13)]  # shares 32 tokens = 8 blocks of 4 with p1
+    r1 = eng.generate(input_ids=p1, sampling_params=greedy)
+    stream = eng.generate(input_ids=[7] * 20, sampling_params={"max_new_tokens": 50}, stream=True)
+    next(stream)
+    stream.close()  # aborted mid-generation: skipped, not recorded
+    r2 = eng.generate(input_ids=p2, sampling_params=greedy)
+    examples = [{"input": "Received block blk_1 of size 9", "output": "Received block <*> of size <*>"},
+                {"input": "Deleting block blk_2 file /x", "output": "Deleting block <*> file <*>"}]
+    icl = {"instruction": "Parse the log.", "query": "Received block blk_7 of size 42", "examples": examples,
+           "refine": "native"}
+    r3 = eng.generate(icl=icl, sampling_params=greedy)
+    assert eng.recorder.recorded == 3 and eng.recorder.skipped == 1
+
+    text = open(path, encoding="utf-8").read()
+    for raw in ("token_ids", "Received block", "Parse the log", "<*>"):
+        assert raw not in text  # hashes only: no ids, no prompt or template text
+    trace = read_trace(path)
+    assert trace.block_size == 4 and trace.meta["source"] == "live"
+    t1, t2, t3 = trace.requests  # finish order, which is arrival order here
+    assert 0.0 <= t1.timestamp <= t2.timestamp <= t3.timestamp
+    for rec, prompt, res in ((t1, p1, r1), (t2, p2, r2)):
+        assert rec.token_ids is None and rec.hash_ids == block_hashes(prompt, 4)
+        assert (rec.input_length, rec.output_length) == (len(prompt), res["meta_info"]["completion_tokens"]) == (
+            len(prompt), 3)
+        assert rec.segments is None and rec.example_ids is None
+    assert t1.hash_ids[:8] == t2.hash_ids[:8] and t1.hash_ids[8] != t2.hash_ids[8]
+    # The ICL request: the prompt the engine ran (after PAIR), one segment per example, ids and template hashes.
+    assert t3.input_length == r3["meta_info"]["prompt_tokens"] and t3.output_length == 3
+    order = r3["meta_info"]["icl_order"]
+    ran = [examples[i] for i in order]
+    assert t3.example_ids == [example_id(e["input"], e["output"]) for e in ran]
+    assert t3.example_templates == [template_hash(e["output"]) for e in ran]
+    assert len(t3.segments) == 3 and t3.segments[-1] < t3.input_length
+
+    units = load_units(path, "pairserve", 4, "none")
+    hits = list(CacheReplay(units, 4096).run().per_request_hits)
+    assert hits[:2] == [0, 32]  # the shared prefix is a hit in the replay, as in the engine
+    assert r2["meta_info"]["cached_tokens"] >= 32
+    result = simulate(units, [64, 4096], ["lru", "segment", "belady"])
+    assert len(result["results"]) == 6 and result["requests"] == 3
+
+
+def test_recorder_validates_and_never_fails_a_request(tmp_path):
+    from engine.trace_recorder import TraceRecorder
+
+    with pytest.raises(ValueError, match="trace_block_size"):
+        TraceRecorder(str(tmp_path / "x.jsonl"), block_size=0)
+    rec = TraceRecorder(str(tmp_path / "t.jsonl"), block_size=2, clock=lambda: 100.0)
+    rec.record(arrival_time=101.5, token_ids=[1, 2, 3], output_length=2)
+    rec.record(arrival_time=102.0, token_ids=[1, 2, 3], output_length=1, segments=[1, 9], example_ids=["e"])
+    rec.close()
+    rec.record(arrival_time=103.0, token_ids=[4], output_length=1)  # after close: dropped
+    rec.close()
+    trace = read_trace(str(tmp_path / "t.jsonl"))
+    assert [(r.timestamp, r.hash_ids) for r in trace.requests] == [(1.5, block_hashes([1, 2, 3], 2))]
+    assert (rec.recorded, rec.skipped, rec.closed) == (1, 1, True)

@@ -5,8 +5,10 @@
    (exhaustive over at most k! paths, pruned by the tree's actual branching; ties → hotter path).
 2. Emit that path first: an edge whose example id the request has is used as is; otherwise a request example
    with the same template is *substituted* by the cached one (its tokens from the example registry).
-3. Order the rest canonically — most popular template first, then a stable id — so requests with overlapping
-   example sets converge on shared paths even before anything is cached.
+3. Order the rest canonically — most popular template first, ties in the request's own (kNN) order — so
+   requests with overlapping example sets converge on shared paths even before anything is cached. (Ties broken
+   by a stable example id instead made requests lacking one early example share only the head; the request's
+   order, as InferLog's table keeps it, measured 0.2-3.5 points better on the Loghub streams.)
 Never changes the multiset of templates. Optional guard: the request's last (most similar) example stays last.
 Pure Python; the tree is engine.radix_cache.RadixCache.
 """
@@ -108,7 +110,7 @@ class NativePolicy:
             out.append(edge_ex)
             substituted += exs[i].id != edge_ex.id
         counts = self.registry.template_counts
-        rest = sorted((i for i in free_idx if i not in used), key=lambda i: (-counts[exs[i].output], exs[i].id))
+        rest = sorted((i for i in free_idx if i not in used), key=lambda i: (-counts[exs[i].output], i))
         if pinned is not None:
             rest.append(pinned)
         for i in rest:

@@ -1,5 +1,6 @@
 """Radix-tree prefix cache over KV slots (pure Python; importing it must not import torch)."""
-from engine.radix_cache.eviction import EvictionPolicy, eviction_policy_names, make_eviction_policy
+from engine.radix_cache.eviction import (EvictionPolicy, eviction_policy_names, make_eviction_policy,
+                                         register_eviction_policy, unregister_eviction_policy)
 from engine.radix_cache.node import MatchResult, SegmentEdge, TreeNode
 from engine.radix_cache.tree import RadixCache
 
@@ -11,4 +12,6 @@ __all__ = [
     "TreeNode",
     "eviction_policy_names",
     "make_eviction_policy",
+    "register_eviction_policy",
+    "unregister_eviction_policy",
 ]

@@ -11,15 +11,17 @@ Contract:
   node. Splits keep locks valid: the locked node keeps its end, the new parent inherits its lock_ref.
 - evictable_size / protected_size (tokens in unlocked / locked nodes) are kept exact in O(path) per operation;
   check_integrity() recomputes everything from scratch. Not thread-safe: the scheduler owns the tree.
+- eviction_policy: a registered name (built with `policy_context`, see eviction.py) or a policy object. A
+  policy with monotone = True is evicted incrementally (evictable.py), which assumes `clock` never goes back.
 """
 from __future__ import annotations
 
-import heapq
 import itertools
 import time
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from engine.radix_cache.eviction import make_eviction_policy
+from engine.radix_cache.evictable import EvictableLeaves
+from engine.radix_cache.eviction import EvictionPolicy, make_eviction_policy
 from engine.radix_cache.node import MatchResult, SegmentEdge, TreeNode, check_slot_partition, check_tree
 from engine.radix_cache.node import path_key, path_slots, segment_edges_below
 
@@ -29,14 +31,16 @@ class RadixCache:
         self,
         page_size: int,
         free_slots: Callable[[list[int]], None],
-        eviction_policy: str = "lru",
+        eviction_policy: str | EvictionPolicy = "lru",
         clock: Callable[[], float] = time.monotonic,
+        policy_context: Any = None,
     ):
         if page_size < 1:
             raise ValueError(f"page_size: must be >= 1 (got {page_size})")
         self.page_size = page_size
         self._free_slots = free_slots
-        self._policy = make_eviction_policy(eviction_policy)
+        self._policy_context = policy_context
+        self._policy = make_eviction_policy(eviction_policy, policy_context)
         self._clock = clock
         self._node_ids = itertools.count()
         self.evicted_tokens_total = 0
@@ -48,8 +52,8 @@ class RadixCache:
         self._root = TreeNode(next(self._node_ids), [], [], None, self._clock())
         self._evictable_size = 0
         self._protected_size = 0
-        # Unlocked non-root childless nodes: evict() heapifies this instead of scanning the tree.
-        self._evictable_leaves: set[TreeNode] = set()
+        # Unlocked non-root childless nodes, and how evict() finds the next victim among them.
+        self._evictable_leaves = EvictableLeaves(self._policy)
 
     @property
     def root(self) -> TreeNode:
@@ -70,9 +74,15 @@ class RadixCache:
     def eviction_policy(self) -> str:
         return self._policy.name
 
-    def set_eviction_policy(self, name: str) -> None:
-        """Switch policy at run time (priorities are read per evict() call, so nothing is rebuilt)."""
-        self._policy = make_eviction_policy(name)
+    @property
+    def incremental_eviction(self) -> bool:
+        """Whether evict() keeps its candidate heap between calls (the policy is monotone; evictable.py)."""
+        return self._evictable_leaves.incremental
+
+    def set_eviction_policy(self, policy: str | EvictionPolicy) -> None:
+        """Switch policy at run time; the incremental heap, if any, is rebuilt at the next evict(). O(1) now."""
+        self._policy = make_eviction_policy(policy, self._policy_context)
+        self._evictable_leaves.set_policy(self._policy)
 
     def match_prefix(self, key: Sequence[int], record_hit: bool = False) -> MatchResult:
         """Longest cached page-aligned prefix of `key`; splits the node the match ends inside.
@@ -177,20 +187,11 @@ class RadixCache:
 
     def evict(self, num_tokens: int) -> int:
         """Evicts unlocked leaves in policy order until >= num_tokens are gone or none is left; returns tokens
-        evicted. A parent joins the candidates once its last child goes. O(L + k log L) for L candidate
-        leaves and k evictions: the candidates are kept incrementally, so no tree scan."""
+        evicted. A parent joins the candidates once its last child goes. No tree scan: O(L + k log L) for L
+        candidate leaves and k evictions, or amortised O(k log L) for a monotone policy (evictable.py)."""
         if num_tokens <= 0:
             return 0
-        priority = self._policy.priority
-        heap = [(priority(n), n.node_id, n) for n in self._evictable_leaves]
-        heapq.heapify(heap)
-        evicted = 0
-        while evicted < num_tokens and heap:
-            _, _, node = heapq.heappop(heap)
-            parent = node.parent
-            evicted += self._remove_leaf(node)
-            if parent in self._evictable_leaves:
-                heapq.heappush(heap, (priority(parent), parent.node_id, parent))
+        evicted = self._evictable_leaves.evict(num_tokens, self._remove_leaf)
         self.evicted_tokens_total += evicted
         return evicted
 
@@ -227,7 +228,7 @@ class RadixCache:
         facts = check_tree(self._root, self.page_size, num_slots)
         assert facts.evictable_size == self._evictable_size, (facts.evictable_size, self._evictable_size)
         assert facts.protected_size == self._protected_size, (facts.protected_size, self._protected_size)
-        assert facts.evictable_leaves == self._evictable_leaves, "evictable-leaf set is stale"
+        self._evictable_leaves.check(facts.evictable_leaves)
         if free_slots is not None:
             assert facts.slots.isdisjoint(free_slots), "a tree slot is on the free list"
         return facts.slots

@@ -47,7 +47,7 @@ class Scheduler:
         self.running: list[Req] = []  # decoding requests, in admission order
         self.chunked: Req | None = None  # the one request mid-way through a chunked prefill
         self.stats = SchedulerStats()
-        self.pair = PairRefiner(args.pair_table_capacity)
+        self.pair = PairRefiner(args.pair_table_capacity, keep_last=args.pair_keep_last)
         self._pending: list[StepOutput] = []
         self._aborts: set[str] = set()
         self._init_ratio = min(0.7 * args.schedule_conservativeness, 1.0)
@@ -166,6 +166,11 @@ class Scheduler:
                 break
             if token_budget <= 0:
                 break
+            if req.icl is not None and "icl_order" not in req.extra:
+                # PAIR at admission: the freshest view of the tree and of pending prompts. Before the budget
+                # and dedup checks, which must see the refined prompt (a peer picked this step may share it).
+                self._refine(req)
+                matches.pop(id(req), None)
             cached, node = match(req)
             extend = req.seq_len - cached
             take = min(extend, chunk, token_budget) if args.chunked_prefill_size > 0 else extend
@@ -179,8 +184,6 @@ class Scheduler:
                 break
             if self._shares_uncached_prefix(req, cached, picked):
                 continue
-            if req.icl is not None and "icl_order" not in req.extra:
-                self._refine(req)  # PAIR at admission: the freshest view of the tree and of pending prompts
             self.kv.admit(req)
             extend = req.seq_len - req.cached_len  # the probe may have gone stale (eviction, PAIR)
             take = min(take, extend)

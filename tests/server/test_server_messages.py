@@ -62,6 +62,15 @@ def test_cli_flags_map_to_server_args():
     assert defaults.host == "127.0.0.1" and defaults.port == 30000 and defaults.disable_radix_cache is False
 
 
+def test_cli_trace_flags(capsys):
+    args = parse_server_args(["--trace-file", "/tmp/live.jsonl", "--trace-block-size", "32"])
+    assert args.trace_file == "/tmp/live.jsonl" and args.trace_block_size == 32
+    assert parse_server_args([]).trace_file is None and parse_server_args([]).trace_block_size == 16
+    with pytest.raises(SystemExit) as exc:
+        parse_server_args(["--trace-file", "t.jsonl", "--trace-block-size", "0"])
+    assert exc.value.code == 2 and "trace_block_size" in capsys.readouterr().err
+
+
 def test_cli_rejects_bad_values_with_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         parse_server_args(["--page-size", "0"])

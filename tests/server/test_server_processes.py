@@ -11,7 +11,7 @@ import zmq
 
 from server.detokenizer import DetokenizerProcess
 from server.ipc import IpcAddresses, pull_socket, recv_all
-from server.messages import BatchTokenOut, FlushCacheReq, GenerateReq, StatsOut, StatsReq, TokenOut
+from server.messages import AbortReq, BatchTokenOut, FlushCacheReq, GenerateReq, StatsOut, StatsReq, TokenOut
 from server.scheduler_process import MAX_CONSECUTIVE_STEP_FAILURES, SchedulerProcess
 
 KV_TOKENS = 256
@@ -128,6 +128,31 @@ def test_stats_and_flush_cache_replies(sched):
     proc.handle(FlushCacheReq(9))
     [flush] = recv_all(to_main, 2000)
     assert flush.success and proc.loop.scheduler.kv.tree.total_size() == 0
+
+
+def test_trace_file_records_what_the_scheduler_process_finishes(tiny_model_dir, sockets, tmp_path):
+    """`--trace-file` reaches the server's engine loop: finished requests are recorded, aborted ones are not,
+    and close() (the process's exit path) closes the file."""
+    from bench.traces import block_hashes, read_trace
+    from engine.config import ServerArgs
+
+    addrs, to_detok, _ = sockets
+    path = str(tmp_path / "server.jsonl")
+    args = ServerArgs(model_path=tiny_model_dir, kv_cache_tokens=KV_TOKENS, dtype="float32", trace_file=path,
+                      trace_block_size=8).validate()
+    proc = SchedulerProcess(args, tiny_model_dir, addrs, os.getppid())
+    try:
+        proc.handle(_req("done", 20, max_new_tokens=2))
+        proc.handle(_req("gone", 12))
+        proc.handle(AbortReq("gone"))
+        _run_until_idle(proc, to_detok)
+    finally:
+        proc.close()
+    assert proc.recorder.closed and (proc.recorder.recorded, proc.recorder.skipped) == (1, 1)
+    trace = read_trace(path)
+    [rec] = trace.requests
+    assert trace.block_size == 8 and rec.output_length == 2
+    assert rec.hash_ids == block_hashes(_req("done", 20).input_ids, 8)
 
 
 class _ExplodingTokenizer:
