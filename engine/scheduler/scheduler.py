@@ -75,8 +75,8 @@ class Scheduler:
         self.args = args
         self._init_ratio = min(0.7 * args.schedule_conservativeness, 1.0)
         self.pair.set_table_capacity(args.pair_table_capacity)
-        if self.kv.tree is not None:
-            self.kv.tree.set_eviction_policy(args.radix_eviction_policy)
+        if self.kv.tree is not None and self.kv.tree.eviction_policy != args.radix_eviction_policy:
+            self.kv.tree.set_eviction_policy(args.radix_eviction_policy)  # a switch rebuilds the victim heap
 
     @property
     def num_live(self) -> int:
