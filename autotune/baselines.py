@@ -8,10 +8,9 @@ the fitting time.
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
+from autotune.gp import fit_gp_predict
 from autotune.smbo import expected_improvement, nearest
 
 
@@ -45,21 +44,9 @@ class GPProposer:
     def propose(self, pool: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> int:
         if len(y) < self.n_init:
             return int(rng.integers(len(pool)))
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-
-        d = x.shape[1]
-        kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * Matern(np.full(d, 0.5) if self.ard else 0.5, (1e-2, 1e2), nu=2.5)
-                  + WhiteKernel(1e-2, (1e-6, 1.0)))
-        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=self.restarts,
-                                      random_state=int(rng.integers(2**31 - 1)))
-        with warnings.catch_warnings():
-            # Few points in 9 dimensions push length scales to their bounds; that is expected, not an error.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gp.fit(x, y)
-        mean, std = gp.predict(pool, return_std=True)
+        mean, std = fit_gp_predict(x, y, pool, rng, self.restarts, self.ard)
         ei = expected_improvement(mean, std, float(y.min()), self.xi)
         if not np.any(ei > 0):
             return int(np.argmin(mean))
         return int(np.argmax(ei))
+

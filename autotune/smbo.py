@@ -76,13 +76,19 @@ class AttMAMLProposer:
 
     `model` is meta-trained for this target (see `attmaml_proposer`); `warm_points` are visited first (nearest
     pool point each). Each later step fine-tunes the meta-init on the target's observations (centred by
-    their mean) and picks the pool point of highest EI under the MC-dropout mean/std.
+    their mean) and picks the pool point of highest EI under the MC-dropout mean/std. With `residual_gp`, once
+    `residual_min` points are measured a GP is fitted to what the adapted model still gets wrong at them
+    (observed - predicted) and EI uses model + GP mean and the two variances summed: the meta-model is the
+    prior, the GP corrects it where the target differs. Without it a few SGD steps from the meta-init could
+    not move the model off a wrong shape, and the search stalled near the meta-tasks' optimum.
     """
 
     name = "attmaml"
 
-    def __init__(self, model: AttMAML, warm_points: list[np.ndarray], xi: float = 0.0):
+    def __init__(self, model: AttMAML, warm_points: list[np.ndarray], xi: float = 0.0, residual_gp: bool = True,
+                 residual_min: int = 3):
         self.model, self.warm_points, self.xi = model, list(warm_points), xi
+        self.residual_gp, self.residual_min = residual_gp, residual_min
 
     def propose(self, pool: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> int:
         if len(y) < len(self.warm_points):
@@ -90,6 +96,12 @@ class AttMAMLProposer:
         centre = float(y.mean()) if len(y) else 0.0
         params = self.model.adapt(x, y - centre)
         mean, std = self.model.predict(params, pool)
+        if self.residual_gp and len(y) >= self.residual_min:
+            from autotune.gp import fit_gp_predict
+
+            fitted, _ = self.model.predict(params, x)
+            r_mean, r_std = fit_gp_predict(x, (y - centre) - fitted, pool, rng)
+            mean, std = mean + r_mean, np.sqrt(std ** 2 + r_std ** 2)
         best = float(y.min() - centre) if len(y) else float(mean.min())
         ei = expected_improvement(mean, std, best, self.xi)
         if not np.any(ei > 0):
@@ -98,7 +110,8 @@ class AttMAMLProposer:
 
 
 def attmaml_proposer(meta_tasks: list[MetaTask], target_features: np.ndarray, warm_start: int = 2,
-                     config: AttMAMLConfig = AttMAMLConfig(), xi: float = 0.0) -> AttMAMLProposer:
+                     config: AttMAMLConfig = AttMAMLConfig(), xi: float = 0.0,
+                     residual_gp: bool = True) -> AttMAMLProposer:
     """Meta-train AttMAML towards the target and take the best point of each of the `warm_start` tasks with
     the highest attention weights (most similar first)."""
     if not meta_tasks:
@@ -107,7 +120,7 @@ def attmaml_proposer(meta_tasks: list[MetaTask], target_features: np.ndarray, wa
     model.meta_train(meta_tasks, target_features)
     order = np.argsort(-model.weights, kind="stable")
     warm = [meta_tasks[i].x[int(np.argmin(meta_tasks[i].y))] for i in order[:warm_start]]
-    return AttMAMLProposer(model, warm, xi)
+    return AttMAMLProposer(model, warm, xi, residual_gp)
 
 
 def meta_tasks_from_tables(tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[MetaTask]:

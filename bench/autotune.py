@@ -46,7 +46,7 @@ def default_noise(rec: TaskRecord, objective: Objective) -> float:
 
 
 def run(records: list[TaskRecord], objective: Objective, budget: int, seeds: int, tol: float,
-        methods: list[str], config: AttMAMLConfig) -> dict:
+        methods: list[str], config: AttMAMLConfig, residual_gp: bool = True) -> dict:
     space = SearchSpace()
     tables = [rec.table(space, objective) for rec in records]
     default_u = space.encode(space.default_config())
@@ -62,7 +62,8 @@ def run(records: list[TaskRecord], objective: Objective, budget: int, seeds: int
             if method == "default":
                 runs.append(_trajectory(DefaultProposer(default_u), x, y, 1, 0).repeat(budget))
             elif method == "attmaml":
-                proposer = attmaml_proposer(meta_tasks_from_tables(others), rec.feature_vector(), config=config)
+                proposer = attmaml_proposer(meta_tasks_from_tables(others), rec.feature_vector(), config=config,
+                                            residual_gp=residual_gp)
                 for s in range(seeds):
                     proposer.model.reseed(1000 + s)
                     runs.append(_trajectory(proposer, x, y, budget, s))
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--methods", default="default,random,gp,attmaml")
     p.add_argument("--meta-steps", type=int, default=AttMAMLConfig.meta_steps)
+    p.add_argument("--no-residual-gp", action="store_true", help="AttMAML without its residual GP (ablation)")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
     methods = [m for m in a.methods.split(",") if m]
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     if len(records) < 2:
         raise SystemExit(f"--meta: leave-one-task-out needs 2 or more tasks, {a.meta} has {len(records)}")
     t0 = time.monotonic()
-    res = run(records, objective, a.budget, a.seeds, a.tol, methods, AttMAMLConfig(meta_steps=a.meta_steps))
+    res = run(records, objective, a.budget, a.seeds, a.tol, methods, AttMAMLConfig(meta_steps=a.meta_steps),
+              not a.no_residual_gp)
     print_report(res, methods)
     print(f"\n{len(records)} tasks, {a.seeds} seeds, {time.monotonic() - t0:.0f}s")
     if a.json:

@@ -137,3 +137,24 @@ def test_leave_one_task_out_benchmark_on_synthetic_meta(tmp_path):
     assert len(set(res["within"]["default"])) == 1  # the default spends one evaluation, then stays
     assert set(res["per_task"]) == {"T0", "T1", "T2"}
     assert all(np.isclose(r["default_noise"], 0.1) for r in res["per_task"].values())
+
+
+def test_residual_gp_corrects_a_meta_prior_that_points_the_wrong_way():
+    # Every meta-task has its optimum near (0.2, 0.2); the target's is at (0.85, 0.8). The meta-model alone keeps
+    # proposing near its prior; the residual GP learns the target's own shape from the points it measures.
+    rng = np.random.default_rng(0)
+    tables = []
+    for c in ([0.2, 0.2], [0.22, 0.18], [0.18, 0.24]):
+        x = latin_hypercube(16, 2, rng)
+        tables.append((x, bowl(x, np.array(c)), np.array(c)))
+    pool = latin_hypercube(300, 2, rng)
+    target = np.array([0.85, 0.8])
+    y = bowl(pool, target)
+    best = {}
+    for residual in (False, True):
+        proposer = attmaml_proposer(meta_tasks_from_tables(tables), np.array([0.2, 0.2]), warm_start=1,
+                                    config=SMALL, residual_gp=residual)
+        runs = [run_search(proposer, lookup(pool, y), pool, 10, np.random.default_rng(s))[-1].best_loss
+                for s in range(3)]
+        best[residual] = float(np.mean(runs))
+    assert best[True] < 0.02 and best[True] < best[False], best
