@@ -6,6 +6,9 @@ max_tokens defaults to 16 for completions (as OpenAI) and to the rest of the con
 value that does not fit the context is a 400. Parameters we do not implement (logprobs, echo, penalties, tools,
 ...) are rejected with 400 when set to anything but their neutral value, never silently ignored.
 
+Extension: `icl` (engine.icl) in a chat request replaces `messages` (omit them or send []); the engine renders
+and refines the prompt, and each choice carries `meta_info` with `icl_order` and `icl_substituted`.
+
 n > 1 is served by submitting n engine requests per prompt (choice index = prompt_index * n + j); with a seed,
 choice j samples with seed + j so the choices differ. usage counts each prompt (and its cached tokens) once.
 """
@@ -105,10 +108,10 @@ class OpenAIHandler:
         return out
 
     async def _prepare(self, body: dict, prompt_param: str, max_tokens: Any, default_max: int | None, n: int,
-                       prompt=None, input_ids=None) -> RequestGroup:
+                       prompt=None, input_ids=None, icl=None) -> RequestGroup:
         try:
             inputs, _ = await self.tm.tokenize(prompt=prompt, input_ids=input_ids,
-                                               sampling_params=self._sampling(body, max_tokens))
+                                               sampling_params=self._sampling(body, max_tokens), icl=icl)
             inputs = self._finalize(inputs, max_tokens is not None, default_max, n)
         except ValueError as e:
             raise from_value_error(e, openai_names=True, prompt_param=prompt_param) from None
@@ -135,21 +138,30 @@ class OpenAIHandler:
 
     async def chat(self, body: dict, request: Request):
         n, stream, include_usage = self._check_common(body)
-        try:
-            text = await self.tm.render_chat(chat_messages(body))
-        except ValueError as e:
-            raise from_value_error(e, openai_names=True, prompt_param="messages") from None
+        icl = body.get("icl")
+        text = None
+        if icl is not None:
+            # extension: the engine renders the ICL prompt itself (and refines it), so it replaces messages
+            if body.get("messages"):
+                raise APIError(400, "icl: cannot be combined with non-empty messages", param="icl")
+        else:
+            try:
+                text = await self.tm.render_chat(chat_messages(body))
+            except ValueError as e:
+                raise from_value_error(e, openai_names=True, prompt_param="messages") from None
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
-        group = await self._prepare(body, "messages", max_tokens, None, n, prompt=text)
+        group = await self._prepare(body, "icl" if icl is not None else "messages", max_tokens, None, n,
+                                    prompt=text, icl=icl)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_name}
         if stream:
             return StreamingResponse(self._stream(group, meta, n, include_usage, chat=True),
                                      media_type="text/event-stream")
         results = await group.collect(request.is_disconnected)
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
-                    "finish_reason": finish_reason_name(r.finish_reason)} for i, r in enumerate(results)]
+                    "finish_reason": finish_reason_name(r.finish_reason), **_meta_extension(r)}
+                   for i, r in enumerate(results)]
         return JSONResponse({**meta, "object": "chat.completion", "choices": choices, "usage": usage(results, n)})
 
     # --- streaming ------------------------------------------------------------------------------------
@@ -201,6 +213,11 @@ def _is_neutral(value: Any, neutral: tuple) -> bool:
     if isinstance(value, bool):
         return any(isinstance(v, bool) and v == value for v in neutral)
     return any(v is not None and not isinstance(v, bool) and v == value for v in neutral)
+
+
+def _meta_extension(r: ReqResult) -> dict[str, Any]:
+    """ICL requests' refinement (icl_order, icl_substituted) as a per-choice `meta_info` extension field."""
+    return {"meta_info": dict(r.extra)} if r.extra else {}
 
 
 def _event_result(ev: ReqEvent) -> ReqResult:

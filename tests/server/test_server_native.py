@@ -67,6 +67,24 @@ def test_generate_rejects_a_malformed_icl(server):
         assert c.post("/generate", json={"icl": ICL, "sampling_params": {"max_new_tokens": 1}}).status_code == 200
 
 
+def test_chat_completions_take_icl_in_place_of_messages(server):
+    """The same ICL request through the OpenAI chat route renders the same prompt as /generate's."""
+    body = {"icl": {**ICL, "refine": "native"}, "max_tokens": 2, "ignore_eos": True}
+    with server.client() as c:
+        native = c.post("/generate", json={"icl": body["icl"], "sampling_params": {"max_new_tokens": 2}}).json()
+        r = c.post("/v1/chat/completions", json={**body, "messages": []})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["usage"]["prompt_tokens"] == native["meta_info"]["prompt_tokens"]
+        assert out["usage"]["prompt_tokens_details"]["cached_tokens"] > out["usage"]["prompt_tokens"] // 2
+        meta = out["choices"][0]["meta_info"]
+        assert sorted(meta["icl_order"]) == [0, 1, 2] and out["usage"]["completion_tokens"] == 2
+        both = c.post("/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": "hi"}]})
+        assert both.status_code == 400 and both.json()["error"]["param"] == "icl"
+        bad = c.post("/v1/chat/completions", json={"icl": {**ICL, "query": 3}, "max_tokens": 1})
+        assert bad.status_code == 400 and bad.json()["error"]["param"].startswith("icl")
+
+
 def test_update_config_changes_live_knobs(server):
     with server.client() as c:
         start = c.get("/get_server_info").json()["server_args"]
