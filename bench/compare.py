@@ -153,7 +153,7 @@ def main(argv=None) -> dict:
 
 
 def _main(args) -> dict:
-    from bench.logparse import model_path as resolve
+    from bench.model_paths import resolve_model as resolve
     from bench.serving_data import build_dataset
     from engine.models.loader import load_tokenizer
 

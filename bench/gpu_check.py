@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import tempfile
 from types import SimpleNamespace
 
 import torch
 
+from bench.model_paths import resolve_model
 from engine.attention.base import ForwardBatch, create_backend
 from engine.config import ServerArgs
 from engine.memory import KVPool
@@ -233,14 +233,6 @@ def time_kernels(labels, dtype: str, device: str, heads: int, kv_heads: int, hea
                   f"{nflops / 1e9:>8.2f}{flop_us:>15.1f}{flop_us / us:>10.2f}")
 
 
-def _model_path(name: str) -> str:
-    if name != "bench":
-        return name
-    from engine.models.tiny import write_tiny_checkpoint
-
-    return write_tiny_checkpoint(tempfile.mkdtemp(prefix="pairserve-gpucheck-"), preset="bench", seed=0)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="bench", help="'bench' (tiny preset written to a temp dir) or a checkpoint dir")
@@ -263,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: flashinfer has no float32 kernels; skipping it at --dtype float32")
         labels.remove("flashinfer")
 
-    model_path = _model_path(args.model)
+    model_path = resolve_model(args.model)
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(10, 1000, (n,), generator=gen).tolist() for n in (37, 120, 301, 64)]
     rows = check_agreement(model_path, labels, args.dtype, device, prompts)

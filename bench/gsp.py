@@ -57,10 +57,10 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    from bench.offline import _model_path
+    from bench.model_paths import resolve_model
     from engine.config import ModelConfig
 
-    path = _model_path(a.model)
+    path = resolve_model(a.model)
     cfg = ModelConfig.from_hf(path)
     prompts = make_workload(a.groups, a.prompts_per_group, a.system_len, a.question_len, cfg.vocab_size, a.seed)
     per_req = a.system_len + a.question_len + a.output_len

@@ -30,13 +30,13 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from bench.model_paths import resolve_model
 from bench.logparse_report import (RefineAudit, RequestRecord, add_ratios, format_pivot, format_table, prompt_shape,
                                    summarize, write_json)
 from engine.config import DTYPES, EVICTION_POLICIES
@@ -70,16 +70,6 @@ def parse_variants(spec: str, default_pool: str) -> list[Variant]:
             raise ValueError(f"--pair: pool {pool!r} must be ample, nocache, Np or a token count")
         out.append(Variant(pair, pool))
     return out
-
-
-def model_path(name: str) -> str:
-    if name == "bench":
-        from engine.models.tiny import write_tiny_checkpoint
-
-        return write_tiny_checkpoint(tempfile.mkdtemp(prefix="pairserve-bench-"), preset="bench", seed=0)
-    from engine.models.loader import resolve_model_path
-
-    return resolve_model_path(name)
 
 
 def kv_bytes_per_token(path: str, dtype: str) -> int:
@@ -243,7 +233,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     from engine.models.loader import load_tokenizer
 
-    path = model_path(args.model)
+    path = resolve_model(args.model)
     tokenizer = load_tokenizer(path)
     ample_cap = int(args.ample_kv_gb * 2**30) // kv_bytes_per_token(path, args.dtype)
     rows: list[dict] = []

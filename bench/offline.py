@@ -6,6 +6,10 @@ For each batch size B (same random prompts for every system):
 - pairserve prefill tok/s (max_new_tokens=1) and decode tok/s ((B * (N-1)) / (t_N - t_1));
 - the same run's measured bf16 / fp32 matmul FLOP/s and the fraction of it that prefill achieves
   (model FLOPs = 2 * non-embedding params per token + attention);
+- decode against a memory-bandwidth floor: a decode step must at least read every weight once plus the batch's
+  KV cache; at the same run's measured copy bandwidth that bounds decode tok/s from above (`decode_floor_frac`);
+- engine overhead: wall time per step outside the model forward (scheduling, batch building, sampling,
+  detokenization), from timing the model runner's forward calls during the decode run;
 - HF transformers padded batched `generate` (left padding, its fastest CPU mode) on the same prompts, and the ratio.
 The radix cache is disabled so every prompt is computed.
 """
@@ -13,22 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 
 import torch
 
-from bench.machine import matmul_flops
-
-
-def _model_path(name: str) -> str:
-    if name == "bench":
-        from engine.models.tiny import write_tiny_checkpoint
-
-        return write_tiny_checkpoint(tempfile.mkdtemp(prefix="pairserve-bench-"), preset="bench", seed=0)
-    from engine.models.loader import resolve_model_path
-
-    return resolve_model_path(name)
+from bench.machine import matmul_flops, memory_bandwidth
+from bench.model_paths import resolve_model
 
 
 def flops_per_token(cfg, context: int) -> float:
@@ -40,7 +34,34 @@ def flops_per_token(cfg, context: int) -> float:
     return 2.0 * (L * (per_layer + attn) + h * cfg.vocab_size / max(context, 1))
 
 
-def run_pairserve(path: str, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, float]:
+def decode_step_bytes(cfg, batch: int, context: int, dtype_bytes: int) -> float:
+    """Bytes one decode step must read at least: every weight but the input embedding table (only `batch` rows
+    of it are read, unless it is tied to the LM head) plus K and V of `context` tokens per request."""
+    h, L, d = cfg.hidden_size, cfg.num_layers, cfg.head_dim
+    attn = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * d + cfg.num_heads * d * h
+    weights = L * (attn + 3 * h * cfg.intermediate_size) + h * cfg.vocab_size
+    kv = batch * context * L * 2 * cfg.num_kv_heads * d
+    return float(weights + kv) * dtype_bytes
+
+
+class _ForwardTimer:
+    """Wraps a ModelRunner's forward to sum the time spent in it (CPU ops are synchronous)."""
+
+    def __init__(self, runner):
+        self.inner, self.seconds, self.calls = runner.forward, 0.0, 0
+        runner.forward = self
+
+    def __call__(self, batch):
+        t = time.perf_counter()
+        try:
+            return self.inner(batch)
+        finally:
+            self.seconds += time.perf_counter() - t
+            self.calls += 1
+
+
+def run_pairserve(path: str, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, float, float]:
+    """(prefill-only wall s, prefill + decode wall s, engine overhead s per step during the latter)."""
     from engine import Engine
 
     budget = sum(len(p) for p in prompts)
@@ -52,10 +73,11 @@ def run_pairserve(path: str, prompts: list[list[int]], new_tokens: int, dtype: s
         t = time.perf_counter()
         eng.generate(input_ids=prompts, sampling_params={**warm, "max_new_tokens": 1})
         t1 = time.perf_counter() - t
+        timer = _ForwardTimer(eng.loop.runner)
         t = time.perf_counter()
         eng.generate(input_ids=prompts, sampling_params={**warm, "max_new_tokens": new_tokens})
         tn = time.perf_counter() - t
-    return t1, tn
+    return t1, tn, (tn - timer.seconds) / max(timer.calls, 1)
 
 
 def run_hf(path: str, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, float]:
@@ -92,21 +114,30 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     from engine.config import ModelConfig
 
-    path = _model_path(a.model)
+    path = resolve_model(a.model)
     cfg = ModelConfig.from_hf(path)
     peak = {dt: matmul_flops(getattr(torch, dt)) for dt in ("bfloat16", "float32")}
+    bandwidth = memory_bandwidth()
+    dtype_bytes = torch.empty((), dtype=getattr(torch, a.dtype)).element_size()
     print(f"model {a.model} ({cfg.architecture}, {cfg.num_layers} layers, hidden {cfg.hidden_size}); threads "
           f"{torch.get_num_threads()}; matmul peak bf16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s, "
-          f"fp32 {peak['float32'] / 1e9:.0f} GFLOP/s")
+          f"fp32 {peak['float32'] / 1e9:.0f} GFLOP/s; copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+    from engine.models.loader import load_tokenizer
+
+    vocab = min(cfg.vocab_size, len(load_tokenizer(path)))  # ids past the tokenizer are refused as input
     g = torch.Generator().manual_seed(0)
     rows = []
     for B in [int(x) for x in a.batches.split(",")]:
-        prompts = [torch.randint(10, cfg.vocab_size - 10, (a.prompt_len,), generator=g).tolist() for _ in range(B)]
-        t1, tn = run_pairserve(path, prompts, a.new_tokens, a.dtype)
+        prompts = [torch.randint(10, vocab - 10, (a.prompt_len,), generator=g).tolist() for _ in range(B)]
+        t1, tn, overhead = run_pairserve(path, prompts, a.new_tokens, a.dtype)
         prefill_tps = B * a.prompt_len / t1
         decode_tps = B * (a.new_tokens - 1) / max(tn - t1, 1e-9)
         frac = prefill_tps * flops_per_token(cfg, a.prompt_len // 2) / peak[a.dtype]
-        row = {"batch": B, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps, "prefill_peak_frac": frac}
+        mid_context = a.prompt_len + a.new_tokens // 2
+        floor_tps = B * bandwidth / decode_step_bytes(cfg, B, mid_context, dtype_bytes)
+        row = {"batch": B, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps, "prefill_peak_frac": frac,
+               "decode_floor_tok_s": floor_tps, "decode_floor_frac": decode_tps / floor_tps,
+               "overhead_ms_per_step": 1e3 * overhead}
         if not a.no_hf:
             h1, hn = run_hf(path, prompts, a.new_tokens, a.dtype)
             row.update(hf_prefill_tok_s=B * a.prompt_len / h1, hf_decode_tok_s=B * (a.new_tokens - 1) / (hn - h1),
@@ -114,17 +145,19 @@ def main(argv=None) -> None:
         rows.append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     print()
-    print("| batch | prefill tok/s | % of matmul peak | decode tok/s | HF prefill tok/s | HF decode tok/s | "
-          "end-to-end speedup vs HF |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| batch | prefill tok/s | % of {a.dtype} matmul peak | decode tok/s | % of bandwidth floor | "
+          "overhead ms/step | HF prefill tok/s | HF decode tok/s | end-to-end speedup vs HF |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         hf = (f"{r['hf_prefill_tok_s']:.0f} | {r['hf_decode_tok_s']:.0f} | {r['speedup_total']:.2f}×"
               if "hf_total_s" in r else "- | - | -")
         print(f"| {r['batch']} | {r['prefill_tok_s']:.0f} | {100 * r['prefill_peak_frac']:.0f}% | "
-              f"{r['decode_tok_s']:.0f} | {hf} |")
+              f"{r['decode_tok_s']:.0f} | {100 * r['decode_floor_frac']:.0f}% | {r['overhead_ms_per_step']:.2f} | "
+              f"{hf} |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model, "peak_flops": peak, "rows": rows}, f, indent=2)
+            json.dump({"model": a.model, "dtype": a.dtype, "peak_flops": peak, "copy_bandwidth": bandwidth,
+                       "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -255,7 +255,7 @@ def main(argv=None) -> dict:
 
 
 def _main(args) -> dict:
-    from bench.logparse import model_path as resolve
+    from bench.model_paths import resolve_model as resolve
     from engine.models.loader import load_tokenizer
 
     path = resolve(args.model)

@@ -22,12 +22,12 @@ import asyncio
 import itertools
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
 import yaml
 
+from bench.model_paths import resolve_model
 from bench.tracegen import GENERATORS, loghub_queries
 
 TOP_KEYS = {"name", "model", "max_new_tokens", "engine", "grid", "workloads"}
@@ -115,16 +115,6 @@ def run_cell(model_path: str, engine_flags: dict, cell: dict, workload: list[dic
             "token_hit_rate": stats["token_hit_rate"],
             "prefill_tokens_computed": stats["prefill_tokens_computed_total"],
             "evicted_tokens": stats["evicted_tokens_total"], "retractions": stats["num_retractions_total"]}
-
-
-def resolve_model(name: str) -> str:
-    if name in ("tiny", "bench"):
-        from engine.models.tiny import write_tiny_checkpoint
-
-        return write_tiny_checkpoint(tempfile.mkdtemp(prefix=f"sweep-{name}-"), preset=name, seed=0)
-    from engine.models.loader import resolve_model_path
-
-    return resolve_model_path(name)
 
 
 def plot(records: list[dict], out_dir: str, name: str) -> list[str]:
