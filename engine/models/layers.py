@@ -1,4 +1,4 @@
-"""Building blocks shared by the Llama-family models: RMSNorm, rotary embedding, fused SiLU MLP.
+"""Building blocks shared by the Llama-family models: RMSNorm, rotary embedding, fused SiLU MLP, bucketed linear.
 
 Semantics follow HF transformers' Llama/Qwen2 exactly (norm in fp32 then cast, neox-style rotary), because
 parity with HF logits is the first test every model passes.
@@ -87,18 +87,52 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+# (row count up to, bucket): a CPU matmul with a row count it has not seen before is ~2x slower (oneDNN builds and
+# caches a primitive per shape), and extend batches bring a new token count nearly every step.
+_ROW_BUCKETS = ((8, 1), (256, 16), (2048, 64))
+_LARGE_ROW_BUCKET = 256
+
+
+def bucketed_rows(n: int) -> int:
+    """`n` rounded up to its bucket: at most ~6% extra rows past 256, one shape per 16 rows below."""
+    step = next((b for limit, b in _ROW_BUCKETS if n <= limit), _LARGE_ROW_BUCKET)
+    return -(-n // step) * step
+
+
+def pad_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [n, d] on CPU → [bucketed_rows(n), d] with zero rows appended (x itself when no padding is needed).
+    Rows are independent through every matmul and elementwise op, so callers slice [:n] off the result."""
+    n = x.shape[0]
+    if x.device.type != "cpu" or x.dim() != 2 or bucketed_rows(n) == n:
+        return x
+    return F.pad(x, (0, 0, 0, bucketed_rows(n) - n))
+
+
+class BucketedLinear(nn.Linear):
+    """nn.Linear (same parameters and state-dict names) whose CPU matmuls see bucketed row counts."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xp = pad_rows(x)
+        if xp is x:
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(xp, self.weight, self.bias)[:x.shape[0]]
+
+
 class GatedMLP(nn.Module):
     """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul."""
 
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
-        self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_up_proj = BucketedLinear(hidden, 2 * intermediate, bias=False)
+        self.down_proj = BucketedLinear(intermediate, hidden, bias=False)
         self.intermediate = intermediate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        n = x.shape[0]
+        xp = pad_rows(x)  # pad once for the three matmuls and the activation: [bucketed n, hidden]
+        gate, up = self.gate_up_proj(xp).split(self.intermediate, dim=-1)
+        out = self.down_proj(F.silu(gate) * up)
+        return out if xp is x else out[:n]
 
 
 def use_triton_kernels(model: nn.Module, enabled: bool = True) -> int:

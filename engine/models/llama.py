@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.models.layers import GatedMLP, RMSNorm, RotaryEmbedding
+from engine.models.layers import BucketedLinear, GatedMLP, RMSNorm, RotaryEmbedding
 
 
 class Attention(nn.Module):
@@ -22,8 +22,8 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.qkv_proj = BucketedLinear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = BucketedLinear(self.q_size, cfg.hidden_size, bias=False)
         self.rotary = rotary
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, fb) -> torch.Tensor:
