@@ -3,14 +3,16 @@
     python -m bench.offline [--model bench|demo|PATH] [--batches 1,8,32] [--prompt-len 256] [--new-tokens 64]
 
 For each batch size B (same random prompts for every system):
-- pairserve prefill tok/s (max_new_tokens=1) and decode tok/s ((B * (N-1)) / (t_N - t_1));
+- pairserve prefill tok/s (max_new_tokens=1) and decode tok/s (B * (N-1) tokens over the wall time of the N-token
+  run after its last prefill step);
 - the same run's measured bf16 / fp32 matmul FLOP/s and the fraction of it that prefill achieves
   (model FLOPs = 2 * non-embedding params per token + attention);
 - decode against a memory-bandwidth floor: a decode step must at least read every weight once plus the batch's
   KV cache; at the same run's measured copy bandwidth that bounds decode tok/s from above (`decode_floor_frac`);
 - engine overhead: wall time per step outside the model forward (scheduling, batch building, sampling,
   detokenization), from timing the model runner's forward calls during the decode run;
-- HF transformers padded batched `generate` (left padding, its fastest CPU mode) on the same prompts, and the ratio.
+- HF transformers padded batched `generate` (left padding, its fastest CPU mode) on the same prompts, and the ratio
+  of end-to-end times (HF's decode tok/s is the difference of an N-token and a 1-token run, so noisier).
 The radix cache is disabled so every prompt is computed.
 """
 from __future__ import annotations
@@ -45,23 +47,32 @@ def decode_step_bytes(cfg, batch: int, context: int, dtype_bytes: int) -> float:
 
 
 class _ForwardTimer:
-    """Wraps a ModelRunner's forward to sum the time spent in it (CPU ops are synchronous)."""
+    """Wraps a ModelRunner's forward to sum the time spent in it (CPU ops are synchronous) and to note when the
+    last prefill (extend) step ended, so decode is timed within the same run."""
 
     def __init__(self, runner):
         self.inner, self.seconds, self.calls = runner.forward, 0.0, 0
+        self.last_extend_end = None
         runner.forward = self
 
     def __call__(self, batch):
+        from engine.scheduler.batch import ForwardMode
+
         t = time.perf_counter()
         try:
             return self.inner(batch)
         finally:
-            self.seconds += time.perf_counter() - t
+            end = time.perf_counter()
+            self.seconds += end - t
             self.calls += 1
+            if batch.mode is not ForwardMode.DECODE:
+                self.last_extend_end = end
 
 
-def run_pairserve(path: str, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, float, float]:
-    """(prefill-only wall s, prefill + decode wall s, engine overhead s per step during the latter)."""
+def run_pairserve(path: str, prompts: list[list[int]], new_tokens: int,
+                  dtype: str) -> tuple[float, float, float, float]:
+    """(prefill-only wall s, prefill + decode wall s, decode wall s within the latter (from the end of its last
+    prefill step), engine overhead s per step in the latter)."""
     from engine import Engine
 
     budget = sum(len(p) for p in prompts)
@@ -76,8 +87,9 @@ def run_pairserve(path: str, prompts: list[list[int]], new_tokens: int, dtype: s
         timer = _ForwardTimer(eng.loop.runner)
         t = time.perf_counter()
         eng.generate(input_ids=prompts, sampling_params={**warm, "max_new_tokens": new_tokens})
-        tn = time.perf_counter() - t
-    return t1, tn, (tn - timer.seconds) / max(timer.calls, 1)
+        end = time.perf_counter()
+        tn = end - t
+    return t1, tn, end - timer.last_extend_end, (tn - timer.seconds) / max(timer.calls, 1)
 
 
 def run_hf(path: str, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, float]:
@@ -129,9 +141,9 @@ def main(argv=None) -> None:
     rows = []
     for B in [int(x) for x in a.batches.split(",")]:
         prompts = [torch.randint(10, vocab - 10, (a.prompt_len,), generator=g).tolist() for _ in range(B)]
-        t1, tn, overhead = run_pairserve(path, prompts, a.new_tokens, a.dtype)
+        t1, tn, t_decode, overhead = run_pairserve(path, prompts, a.new_tokens, a.dtype)
         prefill_tps = B * a.prompt_len / t1
-        decode_tps = B * (a.new_tokens - 1) / max(tn - t1, 1e-9)
+        decode_tps = B * (a.new_tokens - 1) / max(t_decode, 1e-9)
         frac = prefill_tps * flops_per_token(cfg, a.prompt_len // 2) / peak[a.dtype]
         mid_context = a.prompt_len + a.new_tokens // 2
         floor_tps = B * bandwidth / decode_step_bytes(cfg, B, mid_context, dtype_bytes)
