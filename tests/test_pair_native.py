@@ -129,6 +129,22 @@ def test_substitution_points_at_an_original_with_that_template_and_prefers_exact
     assert r.examples[0].id == cached.id and r.order[0] == 1 and r.substituted == 0
 
 
+def test_no_substitution_by_a_much_longer_cached_input():
+    """HDFS-style: a cached example of the same template but a far longer input would grow the prompt more than it
+    saves; up to twice the request's own block it is still used, and of two candidates the shorter wins."""
+    mine = ex("delete b1", "delete <*>")
+    huge = ex("delete " + " ".join(f"b{i}" for i in range(40)), "delete <*>")
+    close = ex("delete b22", "delete <*>")
+    cache = Cache()
+    cache.insert([huge])
+    r = cache.policy().refine(cache.tree, prompt([B, mine]))
+    assert r.substituted == 0 and r.cached_examples == 0 and [e.id for e in r.examples] == [B.id, mine.id]
+    cache.insert([close])
+    r = cache.policy().refine(cache.tree, prompt([B, mine]))
+    check_refinement([B, mine], r)
+    assert r.examples[0].id == close.id and r.substituted == 1 and r.cached_examples == 1
+
+
 def test_canonical_order_without_a_cached_head():
     cache = Cache()
     cache.insert([A, B], head=(50, 51, 52))  # another instruction: nothing below our head

@@ -1,8 +1,10 @@
 """Native PAIR: refine an ICL request against what the radix tree holds right now.
 
 1. Match the request's head (instruction) in the tree. If it is cached, search below its node, through
-   example-segment edges only, for the deepest cached path of examples whose templates the request can supply
-   (exhaustive over at most k! paths, pruned by the tree's actual branching; ties → hotter path).
+   example-segment edges only, for the cached path of examples whose templates the request can supply that saves
+   the most prefill (Σ over the path of min(cached block, the request's own block) tokens; ties → the path that
+   lengthens the prompt least, then the hotter one). Exhaustive over at most k! paths, pruned by the tree's
+   actual branching.
 2. Emit that path first: an edge whose example id the request has is used as is; otherwise a request example
    with the same template is *substituted* by the cached one (its tokens from the example registry).
 3. Order the rest canonically — most popular template first, ties in the request's own (kNN) order — so
@@ -18,6 +20,11 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from engine.pair.render import IclExample, IclPrompt
+
+# A cached example may stand in for the request's own one of the same template only while its block is at most
+# this many times as long: HDFS "BLOCK* ask ... to delete <block list>" inputs run from 250 to 2,300 tokens, and
+# swapping in a long one grew prompts 3.6x (more attention and KV per step than the prefill it saved).
+MAX_SUBSTITUTE_GROWTH = 2
 
 
 @dataclass(frozen=True)
@@ -133,12 +140,16 @@ class NativePolicy:
         if start is None and pending is None:
             return []
         need = Counter(exs[i].output for i in free_idx)
-        best: tuple[tuple[int, int], list[IclExample]] = ((0, 0), [])
+        own_len = {exs[i].id: len(exs[i].ids) for i in free_idx}
+        own_tpl_len: dict[str, int] = {}
+        for i in free_idx:
+            own_tpl_len[exs[i].output] = max(own_tpl_len.get(exs[i].output, 0), len(exs[i].ids))
+        best: tuple[tuple[int, int, int], list[IclExample]] = ((0, 0, 0), [])
 
-        def walk(node, pnode, depth: int, hot: int, remaining: Counter, path: list[IclExample]) -> None:
+        def walk(node, pnode, saved: int, grown: int, hot: int, remaining: Counter, path: list[IclExample]) -> None:
             nonlocal best
-            if (depth, hot) > best[0]:
-                best = ((depth, hot), list(path))
+            if (saved, -grown, hot) > best[0]:
+                best = ((saved, -grown, hot), list(path))
             steps: dict[str, list] = {}
             if node is not None:
                 for edge in tree.segment_successors(node):
@@ -153,11 +164,15 @@ class NativePolicy:
                 ex = self.registry.get(eid)
                 if ex is None or remaining[ex.output] <= 0:
                     continue
+                own = own_len.get(eid, own_tpl_len[ex.output])
+                if n_tokens > MAX_SUBSTITUTE_GROWTH * own:
+                    continue  # a much longer cached input would add more context than the prefill it saves
                 remaining[ex.output] -= 1
                 path.append(ex)
-                walk(end_node, pchild, depth + n_tokens, hot + hits, remaining, path)
+                walk(end_node, pchild, saved + min(n_tokens, own), grown + max(0, n_tokens - own), hot + hits,
+                     remaining, path)
                 path.pop()
                 remaining[ex.output] += 1
 
-        walk(start, pending, 0, 0, need, [])
+        walk(start, pending, 0, 0, 0, need, [])
         return best[1]
