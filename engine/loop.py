@@ -53,10 +53,21 @@ class EngineLoop:
         """Queue one request. Raises ValueError (naming the field) if it cannot run; nothing is queued then.
 
         With `icl`, input_ids is its unrefined assembly; PAIR may rewrite it when the request is admitted."""
+        self.enqueue(self.make_request(rid, input_ids, sampling, icl))
+
+    def make_request(self, rid: str, input_ids: list[int], sampling: SamplingParams,
+                     icl: IclPrompt | None = None) -> Req:
+        """A validated Req, not yet queued (ValueError naming the field if it can never run). Touches no queue
+        state, so a caller may build requests while another thread runs a step."""
         sampling.validate()
         seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(63)
         req = Req(rid=rid, input_ids=list(input_ids), sampling=sampling, eos_token_ids=self.eos_token_ids,
                   seed=seed, icl=icl)
+        self.scheduler.check_new(req)
+        return req
+
+    def enqueue(self, req: Req) -> None:
+        """Queue a request from make_request (between steps)."""
         self.scheduler.add(req)
 
     def abort(self, rid: str) -> None:

@@ -156,3 +156,27 @@ def test_failed_forward_aborts_its_batch_and_frees_kv(eng, monkeypatch):
     assert "boom" in outs[0]["meta_info"]["finish_reason"]["message"]
     eng.check_integrity()
     assert eng.generate("after", GREEDY)["meta_info"]["completion_tokens"] == 12
+
+
+def test_submitting_does_not_wait_for_a_running_step(tiny_model_dir, make_engine):
+    """A submitter must not queue behind the step lock (held for a whole forward): while it is held, generate's
+    submission half still returns, and the request runs once stepping resumes. Bad input still fails at once."""
+    import threading
+
+    eng = make_engine(tiny_model_dir)
+    submitted = threading.Event()
+    box = {}
+
+    def submit():
+        box["states"], _ = eng._submit("held lock", {"max_new_tokens": 3, "ignore_eos": True}, None)
+        submitted.set()
+
+    with eng._lock:  # as if another thread were in the middle of a step
+        t = threading.Thread(target=submit)
+        t.start()
+        assert submitted.wait(timeout=30), "submission blocked on the step lock"
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            eng._submit("bad", {"max_new_tokens": 0}, None)
+    t.join()
+    eng._drive(box["states"])
+    assert box["states"][0].result()["meta_info"]["completion_tokens"] == 3

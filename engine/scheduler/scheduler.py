@@ -56,6 +56,12 @@ class Scheduler:
     # --- intake ---------------------------------------------------------------------------------------
     def add(self, req: Req) -> None:
         """Queue a validated request. Raises ValueError if it can never fit the context or the KV pool."""
+        self.check_new(req)
+        req.status = ReqStatus.WAITING
+        self.waiting.append(req)
+
+    def check_new(self, req: Req) -> None:
+        """ValueError (naming the field) if `req` can never run here; reads only fixed sizes."""
         if req.prompt_len == 0:
             raise ValueError("input_ids: the prompt is empty")
         if req.prompt_len >= self.context_len:
@@ -64,8 +70,6 @@ class Scheduler:
         if req.prompt_len + 1 > self.kv.capacity:
             raise ValueError(f"input_ids: prompt of {req.prompt_len} tokens exceeds the KV pool "
                              f"({self.kv.capacity} tokens)")
-        req.status = ReqStatus.WAITING
-        self.waiting.append(req)
 
     def abort(self, rid: str) -> None:
         self._aborts.add(rid)
