@@ -73,13 +73,15 @@ def test_load_with_disconnects_drains_clean(server):
 def test_non_streaming_client_that_gives_up_is_aborted(server):
     """A blocking request whose client times out must not run on to its max_tokens."""
     before = server.wait_idle()
-    body = {"prompt": "a request nobody waits for", "max_tokens": 1000, "ignore_eos": True}
-    with httpx.Client(base_url=server.url, headers=server.headers, timeout=1.5) as c:
+    # As long as the pool allows, so the abort (client timeout + one DISCONNECT_POLL_S) lands well before the end
+    # even when the tiny model decodes fast: a 1000-token version passed alone and failed in a full run.
+    body = {"prompt": "a request nobody waits for", "max_tokens": 2000, "ignore_eos": True}
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=1.0) as c:
         try:
             c.post("/v1/completions", json=body)
         except httpx.ReadTimeout:
             pass
         else:
-            raise AssertionError("1000 tokens arrived within the client timeout; the test proves nothing")
+            raise AssertionError("2000 tokens arrived within the client timeout; the test proves nothing")
     after = server.wait_idle()
-    assert after["decode_tokens_total"] - before["decode_tokens_total"] < 900
+    assert after["decode_tokens_total"] - before["decode_tokens_total"] < 1600
