@@ -1,0 +1,124 @@
+"""Where an in-process workload's time goes: model forwards by mode (extend / decode) against wall time.
+
+    python -m bench.forward_split logparse --data DIR --systems HDFS --limit 40 --pair native   (bench.logparse args)
+    python -m bench.forward_split random [--model bench] [--num-prompts 64] [--concurrency 16] [--input-len 256]
+        [--output-len 32] [--seed 1]
+
+Every ModelRunner.forward in this process is timed (CPU ops are synchronous), with its step's request count and
+tokens (extend: new prompt tokens; decode: one per request). `logparse` runs bench.logparse unchanged under the
+timer; `random` drives an in-process Engine from C streaming threads with prompts of uniform random length in
+[1, input-len] and outputs of [1, output-len] tokens (ignore_eos), like `bench.serving --dataset random
+--random-range-ratio 0`.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import threading
+import time
+
+from engine.model_runner import ModelRunner
+from engine.scheduler.batch import ForwardMode
+
+
+class ForwardSplit:
+    """Patches ModelRunner.forward (class-wide, this process) to sum time, steps, requests and tokens per mode."""
+
+    def __init__(self):
+        self.acc = {"extend": [0.0, 0, 0, 0], "decode": [0.0, 0, 0, 0]}
+        self._orig = ModelRunner.forward
+
+    def __enter__(self) -> "ForwardSplit":
+        orig, acc = self._orig, self.acc
+
+        def timed(runner, batch):
+            t = time.perf_counter()
+            try:
+                return orig(runner, batch)
+            finally:
+                decode = batch.mode is ForwardMode.DECODE
+                a = acc["decode" if decode else "extend"]
+                a[0] += time.perf_counter() - t
+                a[1] += 1
+                a[2] += len(batch.reqs)
+                a[3] += len(batch.reqs) if decode else sum(batch.extend_lens)
+
+        ModelRunner.forward = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        ModelRunner.forward = self._orig
+
+    def reset(self) -> None:
+        for a in self.acc.values():
+            a[:] = [0.0, 0, 0, 0]
+
+    def table(self, wall_s: float) -> str:
+        lines = [f"wall {wall_s:.2f} s", "| forwards | seconds | steps | requests per step | tokens | tok/s |",
+                 "|---|---|---|---|---|---|"]
+        for mode, (sec, steps, reqs, toks) in self.acc.items():
+            lines.append(f"| {mode} | {sec:.2f} | {steps} | {reqs / max(steps, 1):.1f} | {toks:,} | "
+                         f"{toks / max(sec, 1e-9):,.0f} |")
+        return "\n".join(lines)
+
+
+def run_random(argv: list[str]) -> None:
+    from bench.model_paths import resolve_model
+    from engine import Engine
+
+    ap = argparse.ArgumentParser(prog="python -m bench.forward_split random")
+    ap.add_argument("--model", default="bench")
+    ap.add_argument("--num-prompts", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--input-len", type=int, default=256)
+    ap.add_argument("--output-len", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args(argv)
+    rng = random.Random(a.seed)
+    with Engine(model_path=resolve_model(a.model)) as eng, ForwardSplit() as split:
+        vocab = len(eng.tokenizer)
+        reqs = [([rng.randrange(10, vocab - 10) for _ in range(rng.randint(1, a.input_len))],
+                 rng.randint(1, a.output_len)) for _ in range(a.num_prompts)]
+        eng.generate(input_ids=[list(range(10, 200))], sampling_params={"max_new_tokens": 4})  # warm-up
+        split.reset()
+        pending, lock = iter(reqs), threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    r = next(pending, None)
+                if r is None:
+                    return
+                for _ in eng.generate(input_ids=r[0], sampling_params={"max_new_tokens": r[1], "ignore_eos": True},
+                                      stream=True):
+                    pass
+
+        t = time.perf_counter()
+        threads = [threading.Thread(target=worker) for _ in range(a.concurrency)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - t
+    print(f"{a.num_prompts} requests, {a.num_prompts / wall:.1f} req/s")
+    print(split.table(wall))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("logparse", "random"):
+        raise SystemExit(__doc__)
+    if argv[0] == "random":
+        return run_random(argv[1:])
+    from bench import logparse
+
+    with ForwardSplit() as split:
+        t = time.perf_counter()
+        logparse.main(argv[1:])
+        wall = time.perf_counter() - t
+    print(split.table(wall))  # wall includes model loading and workload building
+
+
+if __name__ == "__main__":
+    main()
