@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from bench.plots import write_plots
-from bench.serving import add_workload_args, arrival_offsets, check_workload_args, make_record, open_backend, \
+from bench.serving import add_workload_args, check_workload_args, load_workload, make_record, open_backend, \
     run_once, sigterm_as_interrupt
 from bench.serving_backends import VARIANT_FLAGS
 
@@ -153,13 +153,7 @@ def main(argv=None) -> dict:
 
 
 def _main(args) -> dict:
-    from bench.model_paths import resolve_model as resolve
-    from bench.serving_data import build_dataset
-    from engine.models.loader import load_tokenizer
-
-    path = resolve(args.model)
-    requests = build_dataset(args, load_tokenizer(path))
-    arrivals = arrival_offsets(len(requests), args.request_rate, args.seed)
+    path, requests, arrivals = load_workload(args)
     plan = [(f"pairserve:{v}", "pairserve", None, v) for v in args.variant_list]
     plan += [(name, name, url, "radix") for name, url in args.backend_list if name != "pairserve"]
     entries = [p[0] for p in plan]

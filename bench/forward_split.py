@@ -27,6 +27,7 @@ class ForwardSplit:
 
     def __init__(self):
         self.acc = {"extend": [0.0, 0, 0, 0], "decode": [0.0, 0, 0, 0]}
+        self.last_extend_end: float | None = None  # perf_counter when the latest extend forward returned
         self._orig = ModelRunner.forward
 
     def __enter__(self) -> "ForwardSplit":
@@ -37,9 +38,12 @@ class ForwardSplit:
             try:
                 return orig(runner, batch)
             finally:
+                end = time.perf_counter()
                 decode = batch.mode is ForwardMode.DECODE
+                if not decode:
+                    self.last_extend_end = end
                 a = acc["decode" if decode else "extend"]
-                a[0] += time.perf_counter() - t
+                a[0] += end - t
                 a[1] += 1
                 a[2] += len(batch.reqs)
                 a[3] += len(batch.reqs) if decode else sum(batch.extend_lens)
@@ -53,6 +57,15 @@ class ForwardSplit:
     def reset(self) -> None:
         for a in self.acc.values():
             a[:] = [0.0, 0, 0, 0]
+        self.last_extend_end = None
+
+    @property
+    def seconds(self) -> float:
+        return sum(a[0] for a in self.acc.values())
+
+    @property
+    def steps(self) -> int:
+        return sum(a[1] for a in self.acc.values())
 
     def table(self, wall_s: float) -> str:
         lines = [f"wall {wall_s:.2f} s", "| forwards | seconds | steps | requests per step | tokens | tok/s |",

@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from bench.forward_split import ForwardSplit
 from bench.machine import matmul_flops, memory_bandwidth
 from bench.model_paths import resolve_model
 
@@ -46,29 +47,6 @@ def decode_step_bytes(cfg, batch: int, context: int, dtype_bytes: int) -> float:
     return float(weights + kv) * dtype_bytes
 
 
-class _ForwardTimer:
-    """Wraps a ModelRunner's forward to sum the time spent in it (CPU ops are synchronous) and to note when the
-    last prefill (extend) step ended, so decode is timed within the same run."""
-
-    def __init__(self, runner):
-        self.inner, self.seconds, self.calls = runner.forward, 0.0, 0
-        self.last_extend_end = None
-        runner.forward = self
-
-    def __call__(self, batch):
-        from engine.scheduler.batch import ForwardMode
-
-        t = time.perf_counter()
-        try:
-            return self.inner(batch)
-        finally:
-            end = time.perf_counter()
-            self.seconds += end - t
-            self.calls += 1
-            if batch.mode is not ForwardMode.DECODE:
-                self.last_extend_end = end
-
-
 def run_pairserve(path: str, prompts: list[list[int]], new_tokens: int,
                   dtype: str) -> tuple[float, float, float, float]:
     """(prefill-only wall s, prefill + decode wall s, decode wall s within the latter (from the end of its last
@@ -84,12 +62,12 @@ def run_pairserve(path: str, prompts: list[list[int]], new_tokens: int,
         t = time.perf_counter()
         eng.generate(input_ids=prompts, sampling_params={**warm, "max_new_tokens": 1})
         t1 = time.perf_counter() - t
-        timer = _ForwardTimer(eng.loop.runner)
-        t = time.perf_counter()
-        eng.generate(input_ids=prompts, sampling_params={**warm, "max_new_tokens": new_tokens})
-        end = time.perf_counter()
+        with ForwardSplit() as split:
+            t = time.perf_counter()
+            eng.generate(input_ids=prompts, sampling_params={**warm, "max_new_tokens": new_tokens})
+            end = time.perf_counter()
         tn = end - t
-    return t1, tn, end - timer.last_extend_end, (tn - timer.seconds) / max(timer.calls, 1)
+    return t1, tn, end - split.last_extend_end, (tn - split.seconds) / max(split.steps, 1)
 
 
 def run_hf(path: str, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, float]:

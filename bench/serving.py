@@ -254,13 +254,18 @@ def main(argv=None) -> dict:
         return _main(args)
 
 
-def _main(args) -> dict:
-    from bench.model_paths import resolve_model as resolve
+def load_workload(args) -> tuple[str, list[BenchRequest], list[float]]:
+    """(checkpoint dir, requests, arrival offsets) for the workload flags of add_workload_args."""
+    from bench.model_paths import resolve_model
     from engine.models.loader import load_tokenizer
 
-    path = resolve(args.model)
+    path = resolve_model(args.model)
     requests = build_dataset(args, load_tokenizer(path))
-    arrivals = arrival_offsets(len(requests), args.request_rate, args.seed)
+    return path, requests, arrival_offsets(len(requests), args.request_rate, args.seed)
+
+
+def _main(args) -> dict:
+    path, requests, arrivals = load_workload(args)
     servers: list[LaunchedServer] = []
     try:
         runner = open_backend(args.backend, args, path, requests, args.base_url, args.variant, servers.append)

@@ -119,6 +119,12 @@ def _rule(title: str, fill: str) -> str:
     return f"{title:{fill}^50}"
 
 
+def _stat_lines(m: dict, title: str, label: str, key: str) -> list[str]:
+    """A bench_serving latency section: its rule, then Mean / Median / P95 / P99 of `key` in ms."""
+    stats = (("Mean", "mean"), ("Median", "median"), ("P95", "p95"), ("P99", "p99"))
+    return [_rule(title, "-"), *(_line(f"{name} {label} (ms):", m[f"{stat}_{key}_ms"]) for name, stat in stats)]
+
+
 def format_result_block(m: dict, backend: str, request_rate: float, max_concurrency: int | None,
                         notes: Sequence[str] = ()) -> str:
     """bench_serving's printed layout (the same labels and order), plus a token hit rate line and any notes."""
@@ -139,26 +145,10 @@ def format_result_block(m: dict, backend: str, request_rate: float, max_concurre
         _line("Total token throughput (tok/s):", m["total_throughput"]),
         _line("Concurrency:", m["concurrency"]),
         _line("Token hit rate (cached/prompt):", None if hit is None else f"{100 * hit:.2f}%"),
-        _rule("End-to-End Latency", "-"),
-        _line("Mean E2E Latency (ms):", m["mean_e2e_latency_ms"]),
-        _line("Median E2E Latency (ms):", m["median_e2e_latency_ms"]),
-        _line("P95 E2E Latency (ms):", m["p95_e2e_latency_ms"]),
-        _line("P99 E2E Latency (ms):", m["p99_e2e_latency_ms"]),
-        _rule("Time to First Token", "-"),
-        _line("Mean TTFT (ms):", m["mean_ttft_ms"]),
-        _line("Median TTFT (ms):", m["median_ttft_ms"]),
-        _line("P95 TTFT (ms):", m["p95_ttft_ms"]),
-        _line("P99 TTFT (ms):", m["p99_ttft_ms"]),
-        _rule("Time per Output Token (excl. 1st token)", "-"),
-        _line("Mean TPOT (ms):", m["mean_tpot_ms"]),
-        _line("Median TPOT (ms):", m["median_tpot_ms"]),
-        _line("P95 TPOT (ms):", m["p95_tpot_ms"]),
-        _line("P99 TPOT (ms):", m["p99_tpot_ms"]),
-        _rule("Inter-Token Latency", "-"),
-        _line("Mean ITL (ms):", m["mean_itl_ms"]),
-        _line("Median ITL (ms):", m["median_itl_ms"]),
-        _line("P95 ITL (ms):", m["p95_itl_ms"]),
-        _line("P99 ITL (ms):", m["p99_itl_ms"]),
+        *_stat_lines(m, "End-to-End Latency", "E2E Latency", "e2e_latency"),
+        *_stat_lines(m, "Time to First Token", "TTFT", "ttft"),
+        *_stat_lines(m, "Time per Output Token (excl. 1st token)", "TPOT", "tpot"),
+        *_stat_lines(m, "Inter-Token Latency", "ITL", "itl"),
         _line("Max ITL (ms):", m["max_itl_ms"]),
     ]
     by_system = m.get("token_hit_rate_by_system") or {}

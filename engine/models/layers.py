@@ -103,19 +103,17 @@ def pad_rows(x: torch.Tensor) -> torch.Tensor:
     """x [n, d] on CPU → [bucketed_rows(n), d] with zero rows appended (x itself when no padding is needed).
     Rows are independent through every matmul and elementwise op, so callers slice [:n] off the result."""
     n = x.shape[0]
-    if x.device.type != "cpu" or x.dim() != 2 or bucketed_rows(n) == n:
+    extra = bucketed_rows(n) - n
+    if x.device.type != "cpu" or x.dim() != 2 or extra == 0:
         return x
-    return F.pad(x, (0, 0, 0, bucketed_rows(n) - n))
+    return F.pad(x, (0, 0, 0, extra))
 
 
 class BucketedLinear(nn.Linear):
     """nn.Linear (same parameters and state-dict names) whose CPU matmuls see bucketed row counts."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xp = pad_rows(x)
-        if xp is x:
-            return F.linear(x, self.weight, self.bias)
-        return F.linear(xp, self.weight, self.bias)[:x.shape[0]]
+        return F.linear(pad_rows(x), self.weight, self.bias)[:x.shape[0]]  # [:n] of unpadded rows is a no-op view
 
 
 class GatedMLP(nn.Module):
@@ -128,11 +126,9 @@ class GatedMLP(nn.Module):
         self.intermediate = intermediate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
         xp = pad_rows(x)  # pad once for the three matmuls and the activation: [bucketed n, hidden]
         gate, up = self.gate_up_proj(xp).split(self.intermediate, dim=-1)
-        out = self.down_proj(F.silu(gate) * up)
-        return out if xp is x else out[:n]
+        return self.down_proj(F.silu(gate) * up)[:x.shape[0]]
 
 
 def use_triton_kernels(model: nn.Module, enabled: bool = True) -> int:
