@@ -1,8 +1,14 @@
 """In-process engine: `Engine(model_path=..., **flags).generate(...)`, streaming, async, stats, shutdown.
 
-Every caller drives the same `EngineLoop.step()` under one lock and each step's outputs are routed to the
-requests they belong to, so concurrent `generate` / `stream` / `async_generate` callers batch together. New
-requests are validated without that lock and wait in an inbox that the next step drains.
+One engine thread owns the `EngineLoop`: it loads the model, runs every step (schedule → run → process results)
+and every control call. Callers only validate and tokenize their requests, queue them in an inbox, and wait on
+a condition for their tokens, which they detokenize themselves. Concurrent `generate` / `stream` /
+`async_generate` callers therefore batch together in the engine thread's steps.
+
+Why one thread for all model work: torch's CPU kernels run on an OpenMP team per calling OS thread, and once a
+process has more OpenMP threads than cores, libgomp stops spin-waiting between parallel regions. When each caller
+stepped the loop itself, 8 client threads made 8 teams on 2 cores and every op paid a wake-up: a bf16 decode
+linear took 174 us instead of 92 us, and decode steps ran ~2x slower than from a single thread.
 """
 from __future__ import annotations
 
@@ -10,43 +16,47 @@ import asyncio
 import dataclasses
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from engine.config import ServerArgs
+from engine.cpu_runtime import OpenMPPools
 from engine.detokenize import IncrementalDetokenizer
 from engine.loop import EngineLoop
 from engine.models.loader import load_tokenizer, resolve_model_path
 from engine.request_input import RequestInput, normalize_inputs
-from engine.sampling_params import SamplingParams
 from engine.scheduler import StepOutput
 from engine.trace_recorder import open_trace_recorder
 
 
 @dataclasses.dataclass
 class _ReqState:
+    """One request's progress. The engine thread appends tokens and sets `last`/`finished` under the engine's
+    condition; the consumer reads them under it and detokenizes outside it (`text`, `seen` are consumer-only)."""
     inp: RequestInput
     detok: IncrementalDetokenizer
     start: float
     output_ids: list[int] = dataclasses.field(default_factory=list)
-    text: str = ""
-    delta: str = ""
-    unseen_tokens: int = 0  # tokens produced since the stream last yielded
     last: StepOutput | None = None
     finished: bool = False
+    text: str = ""
+    seen: int = 0  # output_ids already detokenized into text
 
-    def result(self) -> dict[str, Any]:
-        o = self.last
+    def result(self, output_ids: list[int], last: StepOutput | None, delta: str) -> dict[str, Any]:
         meta = {
             "id": self.inp.rid,
-            "prompt_tokens": o.prompt_tokens if o else len(self.inp.input_ids),
-            "completion_tokens": len(self.output_ids),
-            "cached_tokens": o.cached_tokens if o else 0,
-            "finish_reason": o.finish_reason if o else None,
+            "prompt_tokens": last.prompt_tokens if last else len(self.inp.input_ids),
+            "completion_tokens": len(output_ids),
+            "cached_tokens": last.cached_tokens if last else 0,
+            "finish_reason": last.finish_reason if last else None,
             "e2e_latency": time.monotonic() - self.start,
         }
-        if o and o.extra:
-            meta.update(o.extra)
-        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
+        if last and last.extra:
+            meta.update(last.extra)
+        return {"text": self.text, "output_ids": output_ids, "meta_info": meta, "delta": delta}
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread stopped on an unexpected error; every waiting and later call raises this."""
 
 
 class Engine:
@@ -58,75 +68,155 @@ class Engine:
         self.tokenizer = load_tokenizer(path)
         # trace_file: finished requests are recorded there (hashes only) until shutdown() closes it.
         self.recorder = open_trace_recorder(self.args)
-        try:
-            self.loop = EngineLoop(self.args, path, self.tokenizer, self.recorder)
-        except BaseException:
+        self.loop: EngineLoop | None = None
+        self._cv = threading.Condition()
+        self._inbox: list[tuple[Any, _ReqState]] = []  # (Req, state) submitted since the engine thread looked
+        self._calls: list[tuple[Callable[[], Any], dict]] = []  # control calls to run between steps
+        self._states: dict[str, _ReqState] = {}  # engine thread only
+        self._closed = False
+        self._error: BaseException | None = None
+        # This thread's earlier torch work left an OpenMP team that would throttle the engine thread's (the
+        # callers' threads run no torch ops of their own here); engine/cpu_runtime.py has the measurements.
+        self._omp = OpenMPPools() if self.args.device == "cpu" else None
+        if self._omp is not None:
+            self._omp.release()
+        self._thread = threading.Thread(target=self._run, args=(path,), name="pairserve-engine", daemon=True)
+        self._thread.start()
+        with self._cv:
+            self._cv.wait_for(lambda: self.loop is not None or self._error is not None)
+        if self._error is not None:
+            self._thread.join()
             if self.recorder is not None:
                 self.recorder.close()
-            raise
-        self._lock = threading.Lock()  # held for a whole step; the inbox has its own short-held lock
-        self._inbox_lock = threading.Lock()
-        self._inbox: list[tuple[Any, _ReqState]] = []  # (Req, state) submitted since the last step
-        self._states: dict[str, _ReqState] = {}
-        self._closed = False
+            raise self._error
 
-    # --- submitting -----------------------------------------------------------------------------------
-    def _submit(self, prompt, sampling_params, input_ids, icl=None) -> tuple[list[_ReqState], bool]:
-        if self._closed:
-            raise RuntimeError("engine is shut down")
-        inputs, single = normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.loop.context_len,
-                                          icl)
-        states, reqs = [], []
-        for inp in inputs:
-            sp: SamplingParams = inp.sampling
-            reqs.append(self.loop.make_request(inp.rid, inp.input_ids, sp, inp.icl))  # ValueError: nothing queued
-            detok = IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens, sp.stop, sp.no_stop_trim)
-            states.append(_ReqState(inp, detok, time.monotonic()))
-        # Into the inbox, not the scheduler: taking the step lock here would wait out a whole forward, and the
-        # thread that just stepped usually re-takes the lock first, so submitters starved (8 concurrent
-        # streams decoded ~2.4 requests per step).
-        with self._inbox_lock:
-            self._inbox.extend(zip(reqs, states))
-        return states, single
+    # --- the engine thread ----------------------------------------------------------------------------------
+    def _run(self, path: str) -> None:
+        try:
+            loop = EngineLoop(self.args, path, self.tokenizer, self.recorder)
+        except BaseException as e:
+            with self._cv:
+                self._error = e
+                self._cv.notify_all()
+            return
+        with self._cv:
+            self.loop = loop
+            self._cv.notify_all()
+        try:
+            while self._serve_once(loop):
+                pass
+        except BaseException as e:  # a bug outside the forward (those abort their batch in EngineLoop.step)
+            with self._cv:
+                self._error = EngineDeadError(f"engine thread failed: {type(e).__name__}: {e}")
+                self._error.__cause__ = e
+                self._cv.notify_all()
 
-    def _drain_inbox(self) -> None:
-        """Move submitted requests into the scheduler; the caller holds the step lock."""
-        with self._inbox_lock:
+    def _serve_once(self, loop: EngineLoop) -> bool:
+        """Take queued requests and calls, run one step if there is work; False once shut down."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._inbox or self._calls or self._closed or loop.has_work())
             items, self._inbox = self._inbox, []
+            calls, self._calls = self._calls, []
+            closing = self._closed
         for req, st in items:
-            self.loop.enqueue(req)
+            loop.enqueue(req)
             self._states[req.rid] = st
-
-    def _step(self) -> None:
-        with self._lock:
-            self._drain_inbox()
-            if not self.loop.has_work():
-                return
-            for out in self.loop.step():
+        for fn, box in calls:
+            try:
+                box["value"] = fn()
+            except Exception as e:  # raised in the caller
+                box["error"] = e
+        if closing:  # abort what is in flight and step until the aborts are reported
+            for rid in list(self._states):
+                loop.abort(rid)
+        outputs = loop.step() if loop.has_work() else []
+        while closing and loop.has_work():
+            outputs += loop.step()
+        with self._cv:
+            for call in calls:
+                call[1]["done"] = True
+            for out in outputs:
                 st = self._states.get(out.rid)
                 if st is None:
                     continue
                 st.last = out
                 st.output_ids.extend(out.new_token_ids)
-                st.unseen_tokens += len(out.new_token_ids)
-                delta = st.detok.add(out.new_token_ids)
                 if out.finished:
-                    delta += st.detok.finish()
                     st.finished = True
                     del self._states[out.rid]
-                st.text += delta
-                st.delta += delta
+            self._cv.notify_all()
+        return not closing
 
-    def _drive(self, states: list[_ReqState]) -> None:
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the engine thread between steps and return its result (or raise its exception)."""
+        box: dict[str, Any] = {}
+        with self._cv:
+            self._check_alive()
+            self._calls.append((fn, box))
+            self._cv.notify_all()
+            self._cv.wait_for(lambda: "done" in box or self._error is not None)
+        if "done" not in box:
+            self._check_alive()
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    def _check_alive(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise RuntimeError("engine is shut down")
+
+    # --- callers' side ----------------------------------------------------------------------------------
+    def _submit(self, prompt, sampling_params, input_ids, icl=None,
+                stream: bool = False) -> tuple[list[_ReqState], bool]:
+        self._check_alive()
+        inputs, single = normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.loop.context_len,
+                                          icl)
+        if stream and len(inputs) != 1:
+            raise ValueError("stream: streaming takes a single prompt")
+        if self._omp is not None:
+            self._omp.release()  # a caller thread that ran torch work since
+        states, reqs = [], []
+        for inp in inputs:
+            sp = inp.sampling
+            reqs.append(self.loop.make_request(inp.rid, inp.input_ids, sp, inp.icl))  # ValueError: nothing queued
+            detok = IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens, sp.stop, sp.no_stop_trim)
+            states.append(_ReqState(inp, detok, time.monotonic()))
+        with self._cv:
+            self._check_alive()
+            self._inbox.extend(zip(reqs, states))
+            self._cv.notify_all()
+        return states, single
+
+    def _wait(self, st: _ReqState, stream: bool) -> dict[str, Any]:
+        """Block until `st` has new tokens (stream) or has finished; the result with the text detokenized so far."""
+        with self._cv:
+            self._cv.wait_for(lambda: st.finished or self._error is not None
+                              or (stream and len(st.output_ids) > st.seen))
+            if self._error is not None and not st.finished:
+                raise self._error
+            output_ids, last, finished = list(st.output_ids), st.last, st.finished
+        delta = st.detok.add(output_ids[st.seen:])
+        if finished:
+            delta += st.detok.finish()
+        st.seen = len(output_ids)
+        st.text += delta
+        return st.result(output_ids, last, delta)
+
+    def _wait_all(self, states: list[_ReqState]) -> list[dict[str, Any]]:
         try:
-            while not all(s.finished for s in states):
-                self._step()
+            return [self._wait(st, stream=False) for st in states]
         except BaseException:
-            for s in states:
-                self.abort(s.inp.rid)
+            for st in states:
+                self._abort_quietly(st.inp.rid)
             raise
 
-    # --- public API -----------------------------------------------------------------------------------
+    def _abort_quietly(self, rid: str) -> None:
+        if self._error is None and not self._closed:
+            self.abort(rid)
+
+    # --- public API -------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
                  input_ids: list[int] | list[list[int]] | None = None, stream: bool = False,
                  icl: dict | list[dict] | None = None):
@@ -137,81 +227,70 @@ class Engine:
         dicts whose "text" is the text so far and "delta" the new part. Bad input raises ValueError naming
         the field, and nothing is queued. `icl` ({"instruction", "examples": [{"input", "output"}], "query",
         "refine": none|table|native}) renders an ICL prompt whose examples PAIR may reorder at admission;
-        meta_info then carries icl_order and icl_substituted.
+        meta_info then carries icl_order and icl_substituted. Safe to call from many threads at once.
         """
-        states, single = self._submit(prompt, sampling_params, input_ids, icl)
+        states, single = self._submit(prompt, sampling_params, input_ids, icl, stream)
         if stream:
-            if len(states) != 1:
-                raise ValueError("stream: streaming takes a single prompt")
             return self._stream(states[0])
-        self._drive(states)
-        results = [s.result() for s in states]
+        results = self._wait_all(states)
+        for r in results:
+            del r["delta"]
         return results[0] if single else results
 
     def _stream(self, st: _ReqState) -> Iterator[dict]:
         try:
             while True:
-                self._step()
-                if st.unseen_tokens or st.finished:
-                    done = st.finished  # read before yielding: other callers may finish it meanwhile
-                    out = st.result()
-                    out["delta"], st.delta, st.unseen_tokens = st.delta, "", 0
-                    yield out
-                    if done:
-                        return
+                out = self._wait(st, stream=True)
+                yield out
+                if out["meta_info"]["finish_reason"] is not None:  # the last snapshot held every token
+                    return
         finally:
             if not st.finished:
-                self.abort(st.inp.rid)
+                self._abort_quietly(st.inp.rid)
 
     async def async_generate(self, prompt=None, sampling_params=None, input_ids=None, icl=None):
-        """Async `generate` (non-streaming): steps run in a worker thread so the event loop stays free."""
+        """Async `generate` (non-streaming): the wait runs in a worker thread so the event loop stays free."""
         states, single = self._submit(prompt, sampling_params, input_ids, icl)
         try:
-            while not all(s.finished for s in states):
-                await asyncio.to_thread(self._step)
+            results = await asyncio.to_thread(self._wait_all, states)
         except BaseException:
-            for s in states:
-                self.abort(s.inp.rid)
+            for st in states:
+                self._abort_quietly(st.inp.rid)
             raise
-        results = [s.result() for s in states]
+        for r in results:
+            del r["delta"]
         return results[0] if single else results
 
     def abort(self, rid: str) -> None:
-        with self._lock:
-            self._drain_inbox()
-            self.loop.abort(rid)
+        self._call(lambda: self.loop.abort(rid))
 
     def get_stats(self) -> dict[str, Any]:
-        with self._lock:
-            self._drain_inbox()
-            return self.loop.stats()
+        return self._call(self.loop.stats)
 
     def update_config(self, **knobs: Any) -> dict[str, Any]:
         """Change live knobs (engine/knobs.py) between steps, dropping nothing. ValueError, nothing changed, on
         a bad knob. max_running_requests may only go down from the start value (request rows are preallocated)."""
-        with self._lock:
-            new = self.loop.update_config(knobs)
-            self.args = self.loop.args
-            return new
+        new = self._call(lambda: self.loop.update_config(knobs))
+        self.args = self.loop.args
+        return new
 
     def flush_cache(self) -> bool:
         """Drop every cached prefix; only when idle (returns False otherwise)."""
-        with self._lock:
-            return self.loop.flush_cache()
+        return self._call(self.loop.flush_cache)
 
     def check_integrity(self) -> None:
-        with self._lock:
-            self._drain_inbox()
-            self.loop.scheduler.check_integrity()
+        self._call(self.loop.scheduler.check_integrity)
 
     def shutdown(self) -> None:
-        with self._lock:
-            self._drain_inbox()
-            for rid in list(self._states):
-                self.loop.abort(rid)
+        """Abort what is in flight, stop the engine thread, close the trace. Idempotent."""
+        with self._cv:
+            if self._closed:
+                return
             self._closed = True
-            if self.recorder is not None:
-                self.recorder.close()
+            self._cv.notify_all()
+        self._thread.join()
+        if self.recorder is not None:
+            self.recorder.close()
 
     def __enter__(self) -> "Engine":
         return self

@@ -5,6 +5,7 @@ import torch
 
 from engine.attention.base import ForwardBatch, create_backend
 from engine.config import ModelConfig, ServerArgs
+from engine.cpu_runtime import keep_freed_memory
 from engine.memory import KVPool, plan_kv_slots
 from engine.models.loader import DTYPES, load_model
 from engine.sampling import SamplingBatch, sample
@@ -17,6 +18,8 @@ class ModelRunner:
         self.device = args.device
         if args.num_threads:
             torch.set_num_threads(args.num_threads)
+        if args.device == "cpu":
+            keep_freed_memory()
         self.model, self.model_config = load_model(model_path, args.dtype, args.device)
         cfg: ModelConfig = self.model_config
         self.context_len = min(args.context_length or cfg.max_position_embeddings, cfg.max_position_embeddings)

@@ -158,25 +158,85 @@ def test_failed_forward_aborts_its_batch_and_frees_kv(eng, monkeypatch):
     assert eng.generate("after", GREEDY)["meta_info"]["completion_tokens"] == 12
 
 
-def test_submitting_does_not_wait_for_a_running_step(tiny_model_dir, make_engine):
-    """A submitter must not queue behind the step lock (held for a whole forward): while it is held, generate's
-    submission half still returns, and the request runs once stepping resumes. Bad input still fails at once."""
+def test_submitting_does_not_wait_for_a_running_step(eng, monkeypatch):
+    """While a forward is running, another caller's generate still submits (the request joins a later step) and
+    bad input still fails at once; nothing waits for the step to end."""
     import threading
 
-    eng = make_engine(tiny_model_dir)
-    submitted = threading.Event()
+    real = eng.loop.runner.run
+    in_forward, release = threading.Event(), threading.Event()
+
+    def slow(batch):
+        in_forward.set()
+        assert release.wait(timeout=60)
+        return real(batch)
+
+    monkeypatch.setattr(eng.loop.runner, "run", slow)
+    first = {}
+    t = threading.Thread(target=lambda: first.update(out=eng.generate("held step", GREEDY)))
+    t.start()
+    assert in_forward.wait(timeout=30)
+    states, _ = eng._submit("joins later", {"max_new_tokens": 3, "ignore_eos": True}, None)  # returns mid-step
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        eng._submit("bad", {"max_new_tokens": 0}, None)
+    release.set()
+    t.join(timeout=60)
+    assert first["out"]["meta_info"]["completion_tokens"] == 12
+    assert eng._wait_all(states)[0]["meta_info"]["completion_tokens"] == 3
+
+
+def test_model_work_runs_on_one_engine_thread(tiny_model_dir, make_engine, monkeypatch):
+    """Loading and every forward run on the engine's own thread, whichever threads call generate: torch's CPU
+    kernels use an OpenMP team per calling thread, and extra teams on few cores throttle every op."""
+    import threading
+
+    from engine.model_runner import ModelRunner
+
+    seen = []
+    real_init, real_run = ModelRunner.__init__, ModelRunner.run
+
+    def init(self, *a, **k):
+        seen.append(("init", threading.get_ident()))
+        real_init(self, *a, **k)
+
+    def run(self, batch):
+        seen.append(("run", threading.get_ident()))
+        return real_run(self, batch)
+
+    monkeypatch.setattr(ModelRunner, "__init__", init)
+    monkeypatch.setattr(ModelRunner, "run", run)
+    eng = make_engine(tiny_model_dir, max_running_requests=4)
+    callers = [threading.Thread(target=eng.generate, args=(f"caller {i}", GREEDY)) for i in range(3)]
+    for c in callers:
+        c.start()
+    for c in callers:
+        c.join()
+    list(eng.generate("streamed", GREEDY, stream=True))
+    threads = {tid for _, tid in seen}
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert threads <= {eng._thread.ident} and sum(kind == "run" for kind, _ in seen) >= 12
+
+
+def test_streaming_batch_is_refused_before_queueing(eng):
+    with pytest.raises(ValueError, match="stream"):
+        eng.generate(["a", "b"], GREEDY, stream=True)
+    assert eng.get_stats()["num_running"] == 0 and eng.get_stats()["num_waiting"] == 0
+
+
+def test_shutdown_finishes_waiting_callers_as_aborted(tiny_model_dir, make_engine):
+    import threading
+
+    from engine import Engine
+
+    eng = Engine(model_path=tiny_model_dir, kv_cache_tokens=4096, dtype="float32")
+    it = eng.generate("long", {**GREEDY, "max_new_tokens": 5000}, stream=True)
+    next(it)
     box = {}
-
-    def submit():
-        box["states"], _ = eng._submit("held lock", {"max_new_tokens": 3, "ignore_eos": True}, None)
-        submitted.set()
-
-    with eng._lock:  # as if another thread were in the middle of a step
-        t = threading.Thread(target=submit)
-        t.start()
-        assert submitted.wait(timeout=30), "submission blocked on the step lock"
-        with pytest.raises(ValueError, match="max_new_tokens"):
-            eng._submit("bad", {"max_new_tokens": 0}, None)
-    t.join()
-    eng._drive(box["states"])
-    assert box["states"][0].result()["meta_info"]["completion_tokens"] == 3
+    t = threading.Thread(target=lambda: box.update(out=list(it)))
+    t.start()
+    eng.shutdown()
+    t.join(timeout=60)
+    assert box["out"][-1]["meta_info"]["finish_reason"]["type"] == "abort"
+    with pytest.raises(RuntimeError, match="shut down"):
+        eng.generate("after", GREEDY)
+    eng.shutdown()  # idempotent
