@@ -70,21 +70,34 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_sin", cache, persistent=False)
         self.half = head_dim // 2
         self.kernel: Callable | None = None  # engine.kernels.rotary.apply_rotary once use_triton_kernels ran
+        self._step_key: tuple[torch.Tensor, torch.dtype] | None = None
+        self._step_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """positions [T]; q [T, H, D]; k [T, KVH, D] -> rotated (q, k) in their dtype (in place with the kernel)."""
         if self.kernel is not None:
             return self.kernel(q, k, positions, self.cos_sin)
-        # Like HF: cos/sin in the activations' dtype, so bf16 serving matches HF's bf16 numerics.
-        cs = self.cos_sin[positions].to(q.dtype)  # [T, D]
-        cos, sin = cs[:, None, : self.half], cs[:, None, self.half :]
+        cos, sin = self._cos_sin(positions, q.dtype)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """([T, 1, D] cos, [T, 1, D] sign-folded sin) for `positions`, built once per forward: every layer gets
+        the same positions tensor, and the gather and casts were a tenth of a CPU decode step's small ops."""
+        key = (positions, dtype)
+        if self._step_key is None or self._step_key[0] is not positions or self._step_key[1] != dtype:
+            # Like HF: cos/sin in the activations' dtype, so bf16 serving matches HF's bf16 numerics.
+            cs = self.cos_sin[positions].to(dtype)  # [T, D]
+            cos, sin = cs[:, None, :self.half], cs[:, None, self.half:]
+            # x * [cos, cos] + [x2, x1] * [-sin, sin] is HF's q * cos + rotate_half(q) * sin, product by product
+            self._step_cos_sin = (torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1))
+            self._step_key = key  # holds `positions`, so its identity cannot be reused by a later tensor
+        return self._step_cos_sin
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D]; cos, sin [T, 1, D] from RotaryEmbedding._cos_sin."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return x * cos + torch.cat([x[..., half:], x[..., :half]], dim=-1) * sin
 
 
 # (row count up to, bucket): a CPU matmul with a row count it has not seen before is ~2x slower (oneDNN builds and
