@@ -26,7 +26,8 @@ class ForwardSplit:
     """Patches ModelRunner.forward (class-wide, this process) to sum time, steps, requests and tokens per mode."""
 
     def __init__(self):
-        self.acc = {"extend": [0.0, 0, 0, 0], "decode": [0.0, 0, 0, 0]}
+        # per mode: seconds, steps, requests, tokens (a mixed step's tokens: its prompt tokens plus one per decode)
+        self.acc = {"extend": [0.0, 0, 0, 0], "mixed": [0.0, 0, 0, 0], "decode": [0.0, 0, 0, 0]}
         self.last_extend_end: float | None = None  # perf_counter when the latest extend forward returned
         self._orig = ModelRunner.forward
 
@@ -42,7 +43,7 @@ class ForwardSplit:
                 decode = batch.mode is ForwardMode.DECODE
                 if not decode:
                     self.last_extend_end = end
-                a = acc["decode" if decode else "extend"]
+                a = acc[batch.mode.value]
                 a[0] += end - t
                 a[1] += 1
                 a[2] += len(batch.reqs)
@@ -71,6 +72,8 @@ class ForwardSplit:
         lines = [f"wall {wall_s:.2f} s", "| forwards | seconds | steps | requests per step | tokens | tok/s |",
                  "|---|---|---|---|---|---|"]
         for mode, (sec, steps, reqs, toks) in self.acc.items():
+            if mode == "mixed" and not steps:
+                continue  # --enable-mixed-chunk off
             lines.append(f"| {mode} | {sec:.2f} | {steps} | {reqs / max(steps, 1):.1f} | {toks:,} | "
                          f"{toks / max(sec, 1e-9):,.0f} |")
         return "\n".join(lines)

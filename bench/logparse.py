@@ -173,7 +173,7 @@ def run_variant(path: str, args, variant: Variant, icls, sps, records, ample_cap
     cache_on = variant.pool != "nocache"
     flags = dict(model_path=path, dtype=args.dtype, kv_cache_tokens=kv, disable_radix_cache=not cache_on,
                  radix_eviction_policy=args.eviction, pair_policy=variant.pair, pair_keep_last=args.keep_last,
-                 max_running_requests=max(args.concurrency, 1))
+                 max_running_requests=max(args.concurrency, 1), enable_mixed_chunk=args.enable_mixed_chunk)
     with Engine(**flags) as eng:
         audit = RefineAudit(eng.loop.scheduler.pair)
         eng.generate(prompt="warm up", sampling_params={"max_new_tokens": 2, "ignore_eos": True})
@@ -204,6 +204,7 @@ def parse_args(argv):
     ap.add_argument("--kv-cache-tokens", type=int, default=None)
     ap.add_argument("--ample-kv-gb", type=float, default=1.5, help="cap on an 'ample' pool's KV memory")
     ap.add_argument("--disable-radix-cache", action="store_true")
+    ap.add_argument("--enable-mixed-chunk", action="store_true", help="decode running requests in prefill steps")
     ap.add_argument("--eviction", default="lru", choices=EVICTION_POLICIES, help="radix cache eviction policy")
     ap.add_argument("--keep-last", action="store_true", help="native PAIR keeps the most similar example last")
     ap.add_argument("--json", default=None, help="write {'args', 'results'} here (rewritten after each run)")

@@ -57,6 +57,7 @@ class ModelRunner:
             last_token_index=self._tensor(last), req_to_token=self.req_to_token, kv_pool=self.kv_pool,
             attn_backend=self.attn_backend, sm_scale=self.sm_scale, seq_lens_list=seq_lens,
             prefix_lens_list=list(batch.prefix_lens), extend_lens_list=list(batch.extend_lens),
+            num_extend=batch.num_extend,
         )
         return self._tensor(batch.input_ids), fb
 

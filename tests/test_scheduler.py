@@ -166,3 +166,35 @@ def test_lpm_aging_prefers_old_cold_request():
     s.update_args(args2)
     b = s.schedule()
     assert [r.rid for r in b.reqs] == ["cold"]  # waited 10 s: outranks a full hit
+
+
+def test_mixed_chunk_decodes_running_requests_inside_prefill_steps():
+    s = make_sched(enable_mixed_chunk=True, chunked_prefill_size=16, max_prefill_tokens=16)
+    first, second = req(0, 10, max_new=6), req(1, 40, max_new=2, base=500)
+    s.add(first)
+    s.add(second)
+    batches = run(s)
+    modes = [b.mode for b in batches]
+    # step 1 prefills `first` and a 6-token chunk of `second`; steps 2-4 prefill `second`'s 16, 16, 2 tokens
+    # while `first` decodes in the same steps; then plain decode
+    assert modes[:5] == [ForwardMode.EXTEND] + [ForwardMode.MIXED] * 3 + [ForwardMode.DECODE]
+    assert [b.extend_lens for b in batches[:4]] == [[10, 6], [16, 1], [16, 1], [2, 1]]
+    for b in batches[1:4]:
+        assert b.num_extend == 1 and b.reqs[:1] == [second] and b.reqs[1:] == [first]
+        assert b.extend_lens[1:] == [1] and b.sample[1] is True
+    assert first.output_ids == [7] * 6 and second.output_ids == [7] * 2
+    st = s.stats
+    assert st.mixed_steps_total == 3
+    assert st.prefill_tokens_computed_total == 50  # decode tokens in mixed steps are not prefill
+    assert st.decode_tokens_total == (6 - 1) + (2 - 1)
+    assert s.kv.allocator.num_free + s.kv.tree.total_size() == s.kv.capacity
+
+
+def test_mixed_chunk_off_keeps_prefill_and_decode_apart():
+    s = make_sched(chunked_prefill_size=16, max_prefill_tokens=16)
+    s.add(req(0, 10, max_new=6))
+    s.add(req(1, 40, max_new=2, base=500))
+    batches = run(s)
+    assert s.stats.mixed_steps_total == 0
+    # prefill-first: `first` waits out the chunks of `second`
+    assert [b.mode for b in batches[:5]] == [ForwardMode.EXTEND] * 4 + [ForwardMode.DECODE]

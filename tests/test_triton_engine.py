@@ -25,11 +25,14 @@ def test_create_backend_allows_triton_on_cpu_only_under_the_interpreter(monkeypa
     assert isinstance(create_backend("triton", 4, 2, 32, "cpu"), TritonAttentionBackend)
 
 
-def test_triton_engine_gives_torch_greedy_tokens(tiny_model_dir, make_engine):
-    torch_eng = make_engine(tiny_model_dir, attention_backend="torch", **FLAGS)
-    triton_eng = make_engine(tiny_model_dir, attention_backend="triton", **FLAGS)
+@pytest.mark.parametrize("mixed", [False, True])
+def test_triton_engine_gives_torch_greedy_tokens(mixed, tiny_model_dir, make_engine):
+    flags = dict(FLAGS, enable_mixed_chunk=mixed)
+    torch_eng = make_engine(tiny_model_dir, attention_backend="torch", **flags)
+    triton_eng = make_engine(tiny_model_dir, attention_backend="triton", **flags)
     assert type(triton_eng.loop.runner.attn_backend).__name__ == "TritonAttentionBackend"
-    prompts = _prompts()
+    # with mixing, a fourth, longer prompt is still prefilling in chunks while the others decode
+    prompts = _prompts() + ([list(range(400, 440))] if mixed else [])
     # Round 1 batches all three (prompt 3 may hit prompt 1's prefix once it is cached); round 2 re-sends the
     # first prompt, whose prefix is then certainly cached: extend with a prefix on a fresh request.
     for round_prompts in (prompts, prompts[:1]):
@@ -39,6 +42,8 @@ def test_triton_engine_gives_torch_greedy_tokens(tiny_model_dir, make_engine):
         assert all(len(o["output_ids"]) == GREEDY["max_new_tokens"] for o in got)
     assert got[0]["meta_info"]["cached_tokens"] >= 16
     assert got[0]["meta_info"]["prompt_tokens"] > FLAGS["chunked_prefill_size"]  # its first prefill was chunked
+    assert (triton_eng.get_stats()["mixed_steps_total"] > 0) == mixed
+    assert (torch_eng.get_stats()["mixed_steps_total"] > 0) == mixed
 
 
 def test_fused_norm_and_rotary_match_the_torch_path():

@@ -37,6 +37,7 @@ class ForwardBatch:
     seq_lens_list: list[int]
     prefix_lens_list: list[int]
     extend_lens_list: list[int]
+    num_extend: int = -1  # MIXED only: requests [0, num_extend) extend, the rest decode one token each
 
 
 class AttentionBackend:

@@ -114,7 +114,7 @@ class FlashInferBackend(AttentionBackend):
             self._decode.plan(meta.kv_indptr, meta.kv_indices, meta.kv_last_page_len, self.num_heads,
                               self.num_kv_heads, self.head_dim, self.page_size,
                               q_data_type=kv_dtype, kv_data_type=kv_dtype, sm_scale=fb.sm_scale)
-        elif fb.mode is ForwardMode.EXTEND:
+        elif fb.mode in (ForwardMode.EXTEND, ForwardMode.MIXED):  # a decode token is a 1-token extend here
             # causal=True aligns the mask bottom-right: new token i (of extend_len) sees kv [0, prefix + i].
             self._prefill.plan(qo_indptr(fb.extend_lens), meta.kv_indptr, meta.kv_indices, meta.kv_last_page_len,
                                self.num_heads, self.num_kv_heads, self.head_dim, self.page_size,

@@ -12,20 +12,23 @@ _LEN_BUCKET = 64  # decode key lengths are padded to a multiple of this
 
 class TorchNativeBackend(AttentionBackend):
     def init_forward(self, fb: ForwardBatch) -> None:
-        if fb.mode is ForwardMode.DECODE:
-            self._decode_meta, self._extend_meta = self._plan_decode(fb), None
-        else:
-            self._decode_meta, self._extend_meta = None, self._plan_extend(fb)
+        # Requests [0, n) extend and [n, B) decode: n = B for EXTEND, 0 for DECODE, num_extend for MIXED.
+        n = {ForwardMode.EXTEND: fb.batch_size, ForwardMode.DECODE: 0}.get(fb.mode, fb.num_extend)
+        assert 0 <= n <= fb.batch_size, "a mixed ForwardBatch needs num_extend"
+        self._num_extend_tokens = sum(fb.extend_lens_list[:n])
+        self._extend_meta = self._plan_extend(fb, n) if n > 0 else None
+        self._decode_meta = self._plan_decode(fb, n) if n < fb.batch_size else None
 
     @staticmethod
-    def _plan_decode(fb: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(key slots [B, L], valid [B, 1, L], block-diagonal selector [1, KVH, 1, KVH, 1]) for the step."""
+    def _plan_decode(fb: ForwardBatch, lo: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(key slots [B', L], valid [B', 1, L], block-diagonal selector [1, KVH, 1, KVH, 1]) for requests
+        [lo, B), the step's decode requests."""
         # Round the key length up to a bucket: oneDNN builds a primitive per new bf16 matmul shape, and a
         # fresh length every step made cold decode ~2x slower. Padded positions read whatever slot index
         # the table holds there (always a valid slot) and are masked out.
-        max_len = min(-(-max(fb.seq_lens_list) // _LEN_BUCKET) * _LEN_BUCKET, fb.req_to_token.shape[1])
-        idx = fb.req_to_token[fb.req_pool_indices, :max_len].long().contiguous()  # [B, L]
-        valid = torch.arange(max_len, device=idx.device)[None, :] < fb.seq_lens[:, None]  # [B, L]
+        max_len = min(-(-max(fb.seq_lens_list[lo:]) // _LEN_BUCKET) * _LEN_BUCKET, fb.req_to_token.shape[1])
+        idx = fb.req_to_token[fb.req_pool_indices[lo:], :max_len].long().contiguous()  # [B', L]
+        valid = torch.arange(max_len, device=idx.device)[None, :] < fb.seq_lens[lo:, None]  # [B', L]
         k0 = fb.kv_pool.get_kv(0)[0]  # [slots, KVH, D]
         kvh = k0.shape[1]
         # eye [1, KVH, 1, KVH, 1] keeps each query head's block of the block-diagonal query (see _decode)
@@ -35,9 +38,12 @@ class TorchNativeBackend(AttentionBackend):
     def forward(self, q, k, v, layer_id: int, fb: ForwardBatch) -> torch.Tensor:
         fb.kv_pool.set_kv(layer_id, fb.out_cache_loc, k, v)
         k_buf, v_buf = fb.kv_pool.get_kv(layer_id)
-        if fb.mode is ForwardMode.DECODE:
+        if self._extend_meta is None:
             return self._decode(q, k_buf, v_buf, fb)
-        return self._extend(q, k, v, k_buf, v_buf, fb)
+        if self._decode_meta is None:
+            return self._extend(q, k, v, k_buf, v_buf, fb)
+        t = self._num_extend_tokens  # MIXED: the extend requests' tokens come first
+        return torch.cat([self._extend(q[:t], k[:t], v[:t], k_buf, v_buf, fb), self._decode(q[t:], k_buf, v_buf, fb)])
 
     def _decode(self, q, k_buf, v_buf, fb: ForwardBatch) -> torch.Tensor:
         # Explicit batched matmuls: CPU SDPA with a mask for one query row is ~50x slower than this.
@@ -63,15 +69,16 @@ class TorchNativeBackend(AttentionBackend):
         return torch.diagonal(o, dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(B, H * D)  # [B, G, D, KVH] -> [B, H*D]
 
     @staticmethod
-    def _plan_extend(fb: ForwardBatch) -> list[tuple[int, int, torch.Tensor | None, torch.Tensor | None]]:
-        """Per request (start, extend_len, key slots [S] or None, additive mask [extend_len, S] or None), built once
-        per step rather than per layer: the mask build and SDPA's bool-to-float conversion cost ~10% of a
-        cached-prefix extend's attention otherwise."""
+    def _plan_extend(fb: ForwardBatch, n: int) -> list[tuple[int, int, torch.Tensor | None, torch.Tensor | None]]:
+        """For each of the first n (extend) requests: (start, extend_len, key slots [S] or None, additive mask
+        [extend_len, S] or None), built once per step rather than per layer: the mask build and SDPA's
+        bool-to-float conversion cost ~10% of a cached-prefix extend's attention otherwise."""
         dtype = fb.kv_pool.get_kv(0)[0].dtype
         device = fb.req_to_token.device
         plan = []
         start = 0
-        for row, prefix, ext in zip(fb.req_pool_indices.tolist(), fb.prefix_lens_list, fb.extend_lens_list):
+        rows = fb.req_pool_indices[:n].tolist()
+        for row, prefix, ext in zip(rows, fb.prefix_lens_list[:n], fb.extend_lens_list[:n]):
             if prefix == 0:  # keys are just the new tokens: plain causal attention
                 plan.append((start, ext, None, None))
             else:

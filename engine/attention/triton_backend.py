@@ -61,7 +61,7 @@ class TritonAttentionBackend(AttentionBackend):
                 part_out=torch.empty(*shape, self.head_dim, dtype=torch.float32, device=self.device),
                 part_lse=torch.empty(*shape, dtype=torch.float32, device=self.device),
             )
-        elif fb.mode is ForwardMode.EXTEND:
+        elif fb.mode in (ForwardMode.EXTEND, ForwardMode.MIXED):  # a decode token is a 1-token extend here
             self._meta = _StepMeta(mode=fb.mode, max_extend_len=max(fb.extend_lens_list, default=0))
         else:
             raise ValueError(f"mode: unsupported forward mode {fb.mode!r}")

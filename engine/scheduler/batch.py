@@ -10,6 +10,7 @@ from engine.scheduler.request import Req
 class ForwardMode(enum.Enum):
     EXTEND = "extend"  # prefill chunks (new tokens attend to a cached prefix and causally to themselves)
     DECODE = "decode"  # exactly one new token per request
+    MIXED = "mixed"  # EXTEND requests first, then one decode token for each running request (--enable-mixed-chunk)
 
 
 @dataclass
@@ -27,7 +28,8 @@ class ScheduledBatch:
 
     Per request i: the new tokens are fill_ids[prefix_lens[i] : prefix_lens[i] + extend_lens[i]]; their K/V go
     to the slots out_cache_loc[start_i : start_i + extend_lens[i]]. `sample[i]` is False for a prefill chunk
-    that does not reach the end of its prompt (its logits are not used).
+    that does not reach the end of its prompt (its logits are not used). The first `num_extend` requests are
+    prefill (EXTEND and MIXED), the rest decode one token each (DECODE and MIXED).
     """
 
     mode: ForwardMode
@@ -40,6 +42,12 @@ class ScheduledBatch:
     sample: list[bool]
     # requests retracted or finished while building this batch (reported by process_results)
     side_outputs: list = field(default_factory=list)
+    num_extend: int = -1  # set from the mode unless MIXED, which must give it
+
+    def __post_init__(self) -> None:
+        if self.num_extend < 0:
+            assert self.mode is not ForwardMode.MIXED, "a mixed batch names its number of extend requests"
+            self.num_extend = len(self.reqs) if self.mode is ForwardMode.EXTEND else 0
 
     @property
     def batch_size(self) -> int:
@@ -52,8 +60,9 @@ class ScheduledBatch:
     def check(self) -> None:
         assert len(self.reqs) == len(self.prefix_lens) == len(self.extend_lens) == len(self.sample)
         assert sum(self.extend_lens) == len(self.input_ids) == len(self.out_cache_loc)
-        if self.mode is ForwardMode.DECODE:
-            assert all(n == 1 for n in self.extend_lens)
+        assert 0 <= self.num_extend <= len(self.reqs)
+        assert all(n == 1 for n in self.extend_lens[self.num_extend:])
+        assert self.mode is not ForwardMode.MIXED or 0 < self.num_extend < len(self.reqs)
 
 
 @dataclass

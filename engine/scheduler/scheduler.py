@@ -2,7 +2,7 @@
 
 One step = `schedule()` → (model runner) → `process_results()`. Prefill-first: a step runs new prompts
 (and at most one chunked prompt) when any can be admitted, otherwise one decode token for every running
-request. Admission keeps room for running requests' future tokens (`new_token_ratio` of their remaining
+request; with `enable_mixed_chunk` a prefill step also carries that decode token (a MIXED batch). Admission keeps room for running requests' future tokens (`new_token_ratio` of their remaining
 max_new_tokens, SGLang-style, relaxed while decode proceeds and reset on retraction); when decode still runs
 out of KV, the most recently admitted request is retracted (its KV cached or freed, requeued) — never a crash.
 """
@@ -31,6 +31,7 @@ class SchedulerStats:
     num_retractions_total: int = 0
     prefill_tokens_computed_total: int = 0
     decode_tokens_total: int = 0
+    mixed_steps_total: int = 0  # prefill steps that also decoded the running requests (--enable-mixed-chunk)
     finished_total: int = 0
 
 
@@ -97,8 +98,10 @@ class Scheduler:
         if self._aborts:
             self._apply_aborts()
         batch = self._schedule_prefill()
-        if batch is None and self.running:
-            batch = self._schedule_decode()
+        if batch is None:
+            return self._schedule_decode() if self.running else None
+        if self.args.enable_mixed_chunk and self.running:
+            return self._mix_decode(batch)
         return batch
 
     def process_results(self, batch: ScheduledBatch | None, next_ids: list[int] | None) -> list[StepOutput]:
@@ -106,10 +109,11 @@ class Scheduler:
         if batch is None:
             return outputs
         now = self.clock()
-        for req, ext, do_sample, tok in zip(batch.reqs, batch.extend_lens, batch.sample, next_ids):
+        for i, (req, ext, do_sample, tok) in enumerate(zip(batch.reqs, batch.extend_lens, batch.sample, next_ids)):
+            prefill = i < batch.num_extend
             req.kv_len += ext
             req.table_len = max(req.table_len, req.kv_len)
-            if batch.mode is ForwardMode.EXTEND:
+            if prefill:
                 self.stats.prefill_tokens_computed_total += ext
                 # Cache the prompt now, not at finish, so concurrent requests (and PAIR) see it.
                 self.kv.cache_unfinished(req)
@@ -123,7 +127,7 @@ class Scheduler:
                 req.status = ReqStatus.RUNNING
                 self.running.append(req)
             req.output_ids.append(tok)
-            if batch.mode is ForwardMode.DECODE:
+            if not prefill:
                 self.stats.decode_tokens_total += 1
             if req.first_token_time is None:
                 req.first_token_time = now
@@ -131,7 +135,7 @@ class Scheduler:
             if reason is not None:
                 self._finish(req, reason)
             outputs.append(finish_output(req, [tok]))
-        if batch.mode is ForwardMode.DECODE:
+        if batch.num_extend < batch.batch_size:
             self.new_token_ratio = max(self.new_token_ratio - 0.001, 0.1 * self.args.schedule_conservativeness)
         return outputs
 
@@ -267,12 +271,33 @@ class Scheduler:
             self._retract(victim)
         if not self.running:
             return None
-        reqs = list(self.running)
-        input_ids = [r.fill_ids[r.kv_len] for r in reqs]
-        locs = [r.slots[r.kv_len] for r in reqs]
-        writes = [TableWrite(r.req_pool_idx, r.table_len, r.slots[r.table_len:r.kv_len + 1]) for r in reqs]
-        return ScheduledBatch(ForwardMode.DECODE, reqs, input_ids, [r.kv_len for r in reqs], [1] * len(reqs),
-                              locs, writes, [True] * len(reqs))
+        batch = ScheduledBatch(ForwardMode.DECODE, [], [], [], [], [], [], [])
+        self._append_decode(batch, list(self.running))
+        return batch
+
+    def _mix_decode(self, batch: ScheduledBatch) -> ScheduledBatch:
+        """Append one decode token for every running request to the prefill `batch` (SGLang's mixed chunk):
+        the step shares one pass over the weights. If any running request cannot get its next slot, the batch
+        stays a plain prefill and the next decode step retracts as usual (slots reserved here are kept)."""
+        if not all(self.kv.reserve(r, r.kv_len + 1) for r in self.running):
+            return batch
+        num_extend = batch.batch_size
+        self._append_decode(batch, list(self.running))
+        batch.mode, batch.num_extend = ForwardMode.MIXED, num_extend
+        self.stats.mixed_steps_total += 1
+        return batch
+
+    @staticmethod
+    def _append_decode(batch: ScheduledBatch, reqs: list[Req]) -> None:
+        """One new token per request (its slot already reserved) appended to `batch`."""
+        for r in reqs:
+            batch.reqs.append(r)
+            batch.input_ids.append(r.fill_ids[r.kv_len])
+            batch.prefix_lens.append(r.kv_len)
+            batch.extend_lens.append(1)
+            batch.out_cache_loc.append(r.slots[r.kv_len])
+            batch.table_writes.append(TableWrite(r.req_pool_idx, r.table_len, r.slots[r.table_len:r.kv_len + 1]))
+            batch.sample.append(True)
 
     def _retract(self, req: Req) -> None:
         self.running.remove(req)
