@@ -6,7 +6,7 @@ ValueError naming the field and leaves the engine untouched.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.pair.render import IclPrompt, render_icl, validate_icl
 from engine.sampling_params import SamplingParams

@@ -9,7 +9,6 @@ MAX_CONSECUTIVE_STEP_FAILURES failed steps in a row, or the parent's death, end 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal

@@ -65,6 +65,34 @@ class ScheduledBatch:
         assert self.mode is not ForwardMode.MIXED or 0 < self.num_extend < len(self.reqs)
 
 
+def build_extend(picked: list[tuple[Req, int]]) -> ScheduledBatch:
+    """An EXTEND batch: for each (request, take), its next `take` prompt tokens (slots already reserved)."""
+    reqs, input_ids, prefix_lens, extend_lens, locs, writes, sample = [], [], [], [], [], [], []
+    for req, take in picked:
+        start = req.kv_len
+        reqs.append(req)
+        input_ids.extend(req.fill_ids[start:start + take])
+        prefix_lens.append(start)
+        extend_lens.append(take)
+        locs.extend(req.slots[start:start + take])
+        end = start + take
+        writes.append(TableWrite(req.req_pool_idx, req.table_len, req.slots[req.table_len:end]))
+        sample.append(end == req.seq_len)
+    return ScheduledBatch(ForwardMode.EXTEND, reqs, input_ids, prefix_lens, extend_lens, locs, writes, sample)
+
+
+def append_decode(batch: ScheduledBatch, reqs: list[Req]) -> None:
+    """Append one new token per request (its slot already reserved) to `batch`."""
+    for r in reqs:
+        batch.reqs.append(r)
+        batch.input_ids.append(r.fill_ids[r.kv_len])
+        batch.prefix_lens.append(r.kv_len)
+        batch.extend_lens.append(1)
+        batch.out_cache_loc.append(r.slots[r.kv_len])
+        batch.table_writes.append(TableWrite(r.req_pool_idx, r.table_len, r.slots[r.table_len:r.kv_len + 1]))
+        batch.sample.append(True)
+
+
 @dataclass
 class StepOutput:
     """Per-request delta after a step: new token ids, and the finish reason once finished."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from engine.config import ServerArgs
-from engine.scheduler.batch import ForwardMode, ScheduledBatch, StepOutput, TableWrite
+from engine.scheduler.batch import ForwardMode, ScheduledBatch, StepOutput, append_decode, build_extend
 from engine.scheduler.finish import check_finish, finish_output
 from engine.scheduler.kv_manager import KVManager
 from engine.scheduler.policy import order_waiting
@@ -159,7 +159,7 @@ class Scheduler:
             picked.append((req, take))
             token_budget -= take
             if take < req.pending_len:
-                return self._build_extend(picked)
+                return build_extend(picked)
         matches: dict[int, tuple[int, object]] = {}
 
         def match(r: Req) -> tuple[int, object]:
@@ -206,7 +206,7 @@ class Scheduler:
             if take < extend:
                 self.chunked = req
                 break
-        return self._build_extend(picked) if picked else None
+        return build_extend(picked) if picked else None
 
     def _refine(self, req: Req) -> None:
         """PAIR at admission time: reorder / substitute the request's examples against the live tree."""
@@ -241,20 +241,6 @@ class Scheduler:
             self.stats.prefix_cache_queries_total += req.prompt_len
             self.stats.prefix_cache_hits_total += req.cached_len
 
-    def _build_extend(self, picked: list[tuple[Req, int]]) -> ScheduledBatch:
-        reqs, input_ids, prefix_lens, extend_lens, locs, writes, sample = [], [], [], [], [], [], []
-        for req, take in picked:
-            start = req.kv_len
-            reqs.append(req)
-            input_ids.extend(req.fill_ids[start:start + take])
-            prefix_lens.append(start)
-            extend_lens.append(take)
-            locs.extend(req.slots[start:start + take])
-            end = start + take
-            writes.append(TableWrite(req.req_pool_idx, req.table_len, req.slots[req.table_len:end]))
-            sample.append(end == req.seq_len)
-        return ScheduledBatch(ForwardMode.EXTEND, reqs, input_ids, prefix_lens, extend_lens, locs, writes, sample)
-
     # --- decode ---------------------------------------------------------------------------------------
     def _schedule_decode(self) -> ScheduledBatch | None:
         i = 0
@@ -272,7 +258,7 @@ class Scheduler:
         if not self.running:
             return None
         batch = ScheduledBatch(ForwardMode.DECODE, [], [], [], [], [], [], [])
-        self._append_decode(batch, list(self.running))
+        append_decode(batch, list(self.running))
         return batch
 
     def _mix_decode(self, batch: ScheduledBatch) -> ScheduledBatch:
@@ -282,22 +268,10 @@ class Scheduler:
         if not all(self.kv.reserve(r, r.kv_len + 1) for r in self.running):
             return batch
         num_extend = batch.batch_size
-        self._append_decode(batch, list(self.running))
+        append_decode(batch, list(self.running))
         batch.mode, batch.num_extend = ForwardMode.MIXED, num_extend
         self.stats.mixed_steps_total += 1
         return batch
-
-    @staticmethod
-    def _append_decode(batch: ScheduledBatch, reqs: list[Req]) -> None:
-        """One new token per request (its slot already reserved) appended to `batch`."""
-        for r in reqs:
-            batch.reqs.append(r)
-            batch.input_ids.append(r.fill_ids[r.kv_len])
-            batch.prefix_lens.append(r.kv_len)
-            batch.extend_lens.append(1)
-            batch.out_cache_loc.append(r.slots[r.kv_len])
-            batch.table_writes.append(TableWrite(r.req_pool_idx, r.table_len, r.slots[r.table_len:r.kv_len + 1]))
-            batch.sample.append(True)
 
     def _retract(self, req: Req) -> None:
         self.running.remove(req)
