@@ -1,7 +1,7 @@
 """pairserve beside its peers on the same model and the same request stream, rounds alternated (ABAB).
 
     python -m bench.compare --model bench --dataset random|gsp|loghub [dataset / arrival flags of bench.serving]
-        --backends pairserve,hf[,openai=URL] [--variants radix | none,radix,table,native] --rounds 3
+        --backends pairserve,hf[,openai=URL] [--variants radix | none,radix,nomix,table,native] --rounds 3
         [--output compare.json]
 
 Entries: one `pairserve:VARIANT` per --variants item (a launched server each, with bench.serving_backends'
@@ -120,7 +120,7 @@ def format_tables(summary: dict, ratio_rows: dict) -> str:
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backends", default="pairserve,hf", help="pairserve,hf[,openai=URL]")
-    ap.add_argument("--variants", default="radix", help="pairserve policies: none,radix,table,native")
+    ap.add_argument("--variants", default="radix", help="pairserve policies: none,radix,nomix,table,native")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--output", default=None, help="JSON path (default compare-DATASET.json); plots beside it")
     add_workload_args(ap)

@@ -2,7 +2,7 @@
 
     python -m bench.forward_split logparse --data DIR --systems HDFS --limit 40 --pair native   (bench.logparse args)
     python -m bench.forward_split random [--model bench] [--num-prompts 64] [--concurrency 16] [--input-len 256]
-        [--output-len 32] [--seed 1]
+        [--output-len 32] [--seed 1] [--no-enable-mixed-chunk]
 
 Every ModelRunner.forward in this process is timed (CPU ops are synchronous), with its step's request count and
 tokens (extend: new prompt tokens; decode: one per request). `logparse` runs bench.logparse unchanged under the
@@ -90,9 +90,12 @@ def run_random(argv: list[str]) -> None:
     ap.add_argument("--input-len", type=int, default=256)
     ap.add_argument("--output-len", type=int, default=32)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--enable-mixed-chunk", action=argparse.BooleanOptionalAction, default=True,
+                    help="decode running requests in prefill steps (the engine's default)")
     a = ap.parse_args(argv)
     rng = random.Random(a.seed)
-    with Engine(model_path=resolve_model(a.model)) as eng, ForwardSplit() as split:
+    with Engine(model_path=resolve_model(a.model), enable_mixed_chunk=a.enable_mixed_chunk) as eng, \
+            ForwardSplit() as split:
         vocab = len(eng.tokenizer)
         reqs = [([rng.randrange(10, vocab - 10) for _ in range(rng.randint(1, a.input_len))],
                  rng.randint(1, a.output_len)) for _ in range(a.num_prompts)]

@@ -204,7 +204,8 @@ def parse_args(argv):
     ap.add_argument("--kv-cache-tokens", type=int, default=None)
     ap.add_argument("--ample-kv-gb", type=float, default=1.5, help="cap on an 'ample' pool's KV memory")
     ap.add_argument("--disable-radix-cache", action="store_true")
-    ap.add_argument("--enable-mixed-chunk", action="store_true", help="decode running requests in prefill steps")
+    ap.add_argument("--enable-mixed-chunk", action=argparse.BooleanOptionalAction, default=True,
+                    help="decode running requests in prefill steps (the engine's default)")
     ap.add_argument("--eviction", default="lru", choices=EVICTION_POLICIES, help="radix cache eviction policy")
     ap.add_argument("--keep-last", action="store_true", help="native PAIR keeps the most similar example last")
     ap.add_argument("--json", default=None, help="write {'args', 'results'} here (rewritten after each run)")

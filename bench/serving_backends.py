@@ -34,6 +34,7 @@ STOP_TIMEOUT_S = 30.0
 VARIANT_FLAGS = {
     "none": ["--disable-radix-cache", "--pair-policy", "none"],
     "radix": ["--pair-policy", "none"],
+    "nomix": ["--pair-policy", "none", "--no-enable-mixed-chunk"],  # radix, prefill steps without decode tokens
     "table": ["--pair-policy", "table"],
     "native": ["--pair-policy", "native"],
 }

@@ -38,7 +38,7 @@ class ServerArgs:
     max_running_requests: int = 64
     max_prefill_tokens: int = 4096
     chunked_prefill_size: int = 2048  # <= 0 disables chunking
-    enable_mixed_chunk: bool = False  # running requests decode inside prefill steps instead of waiting them out
+    enable_mixed_chunk: bool = True  # running requests decode inside prefill steps (off: they wait those steps out)
     schedule_policy: str = "lpm"
     schedule_conservativeness: float = 1.0
     lpm_aging_seconds: float = 2.0  # LPM: each waiting second is worth this many fractions of a full hit

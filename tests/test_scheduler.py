@@ -56,7 +56,7 @@ def test_chunked_prefill_respects_chunk_size():
 
 
 def test_max_running_requests_and_prefill_budget():
-    s = make_sched(max_running_requests=3, max_prefill_tokens=25, chunked_prefill_size=-1)
+    s = make_sched(max_running_requests=3, max_prefill_tokens=25, chunked_prefill_size=-1, enable_mixed_chunk=False)
     for i in range(6):
         s.add(req(i, 10, base=100 * i))
     b = s.schedule()
@@ -169,7 +169,7 @@ def test_lpm_aging_prefers_old_cold_request():
 
 
 def test_mixed_chunk_decodes_running_requests_inside_prefill_steps():
-    s = make_sched(enable_mixed_chunk=True, chunked_prefill_size=16, max_prefill_tokens=16)
+    s = make_sched(chunked_prefill_size=16, max_prefill_tokens=16)  # mixing is the default
     first, second = req(0, 10, max_new=6), req(1, 40, max_new=2, base=500)
     s.add(first)
     s.add(second)
@@ -191,7 +191,7 @@ def test_mixed_chunk_decodes_running_requests_inside_prefill_steps():
 
 
 def test_mixed_chunk_off_keeps_prefill_and_decode_apart():
-    s = make_sched(chunked_prefill_size=16, max_prefill_tokens=16)
+    s = make_sched(chunked_prefill_size=16, max_prefill_tokens=16, enable_mixed_chunk=False)
     s.add(req(0, 10, max_new=6))
     s.add(req(1, 40, max_new=2, base=500))
     batches = run(s)
