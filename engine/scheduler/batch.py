@@ -10,7 +10,7 @@ from engine.scheduler.request import Req
 class ForwardMode(enum.Enum):
     EXTEND = "extend"  # prefill chunks (new tokens attend to a cached prefix and causally to themselves)
     DECODE = "decode"  # exactly one new token per request
-    MIXED = "mixed"  # EXTEND requests first, then one decode token for each running request (--enable-mixed-chunk)
+    MIXED = "mixed"  # EXTEND requests first, then one decode token for each running request (enable_mixed_chunk)
 
 
 @dataclass

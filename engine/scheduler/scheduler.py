@@ -2,7 +2,8 @@
 
 One step = `schedule()` → (model runner) → `process_results()`. Prefill-first: a step runs new prompts
 (and at most one chunked prompt) when any can be admitted, otherwise one decode token for every running
-request; with `enable_mixed_chunk` a prefill step also carries that decode token (a MIXED batch). Admission keeps room for running requests' future tokens (`new_token_ratio` of their remaining
+request; with `enable_mixed_chunk` (the default) a prefill step also carries that decode token (a MIXED batch).
+Admission keeps room for running requests' future tokens (`new_token_ratio` of their remaining
 max_new_tokens, SGLang-style, relaxed while decode proceeds and reset on retraction); when decode still runs
 out of KV, the most recently admitted request is retracted (its KV cached or freed, requeued) — never a crash.
 """
@@ -31,7 +32,7 @@ class SchedulerStats:
     num_retractions_total: int = 0
     prefill_tokens_computed_total: int = 0
     decode_tokens_total: int = 0
-    mixed_steps_total: int = 0  # prefill steps that also decoded the running requests (--enable-mixed-chunk)
+    mixed_steps_total: int = 0  # prefill steps that also decoded the running requests (enable_mixed_chunk)
     finished_total: int = 0
 
 
