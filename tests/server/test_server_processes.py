@@ -5,6 +5,7 @@ The test binds the PULL sockets the process under test writes to, so every asser
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import zmq
@@ -114,19 +115,28 @@ def test_repeated_step_failures_end_the_process(sched, monkeypatch):
     assert [o.rid for o in _outputs(to_detok) if o.finished] == ["r0", "r1", "r2"]
 
 
+def _recv_n(sock, n: int, timeout_s: float = 5.0) -> list:
+    """The next `n` messages: recv_all drains only what has arrived, and the second of two replies sent back to
+    back may still be in zmq's I/O thread when the first is read."""
+    out, deadline = [], time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        out += recv_all(sock, 100)
+    return out
+
+
 def test_stats_and_flush_cache_replies(sched):
     proc, to_detok, to_main = sched
     proc.handle(_req("busy", 10, max_new_tokens=2))
     proc.handle(StatsReq(7))
     proc.handle(FlushCacheReq(8))
-    stats, flush = recv_all(to_main, 2000)
+    stats, flush = _recv_n(to_main, 2)
     assert isinstance(stats, StatsOut) and stats.seq == 7 and stats.stats["num_waiting"] == 1
     assert stats.stats["kv_capacity_tokens"] == KV_TOKENS
     assert flush.seq == 8 and not flush.success
     _run_until_idle(proc, to_detok)
     assert proc.loop.scheduler.kv.tree.total_size() > 0
     proc.handle(FlushCacheReq(9))
-    [flush] = recv_all(to_main, 2000)
+    [flush] = _recv_n(to_main, 1)
     assert flush.success and proc.loop.scheduler.kv.tree.total_size() == 0
 
 
