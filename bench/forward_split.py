@@ -3,12 +3,14 @@
     python -m bench.forward_split logparse --data DIR --systems HDFS --limit 40 --pair native   (bench.logparse args)
     python -m bench.forward_split random [--model bench] [--num-prompts 64] [--concurrency 16] [--input-len 256]
         [--output-len 32] [--seed 1] [--no-enable-mixed-chunk]
+    python -m bench.forward_split decode [--model bench] [--batch 8] [--context 1000] [--new-tokens 48]
 
 Every ModelRunner.forward in this process is timed (CPU ops are synchronous), with its step's request count and
 tokens (extend: new prompt tokens; decode: one per request). `logparse` runs bench.logparse unchanged under the
 timer; `random` drives an in-process Engine from C streaming threads with prompts of uniform random length in
 [1, input-len] and outputs of [1, output-len] tokens (ignore_eos), like `bench.serving --dataset random
---random-range-ratio 0`.
+--random-range-ratio 0`. `decode` times decode steps alone: `batch` requests with `context`-token random prompts
+decode together (after one warm-up round), and the median decode forward is printed.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class ForwardSplit:
         # per mode: seconds, steps, requests, tokens (a mixed step's tokens: its prompt tokens plus one per decode)
         self.acc = {"extend": [0.0, 0, 0, 0], "mixed": [0.0, 0, 0, 0], "decode": [0.0, 0, 0, 0]}
         self.last_extend_end: float | None = None  # perf_counter when the latest extend forward returned
+        self.decode_step_s: list[float] = []  # each decode forward's seconds
         self._orig = ModelRunner.forward
 
     def __enter__(self) -> "ForwardSplit":
@@ -41,7 +44,9 @@ class ForwardSplit:
             finally:
                 end = time.perf_counter()
                 decode = batch.mode is ForwardMode.DECODE
-                if not decode:
+                if decode:
+                    self.decode_step_s.append(end - t)
+                else:
                     self.last_extend_end = end
                 a = acc[batch.mode.value]
                 a[0] += end - t
@@ -59,6 +64,7 @@ class ForwardSplit:
         for a in self.acc.values():
             a[:] = [0.0, 0, 0, 0]
         self.last_extend_end = None
+        self.decode_step_s.clear()
 
     @property
     def seconds(self) -> float:
@@ -124,12 +130,43 @@ def run_random(argv: list[str]) -> None:
     print(split.table(wall))
 
 
+def run_decode(argv: list[str]) -> float:
+    """Median decode forward (seconds) of `batch` requests decoding together over `context`-token prompts."""
+    from bench.model_paths import resolve_model
+    from engine import Engine
+
+    ap = argparse.ArgumentParser(prog="python -m bench.forward_split decode")
+    ap.add_argument("--model", default="bench")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--context", type=int, default=1000)
+    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    rng = random.Random(a.seed)
+    sp = {"max_new_tokens": a.new_tokens, "ignore_eos": True, "temperature": 0}
+    with Engine(model_path=resolve_model(a.model), kv_cache_tokens=4 * a.batch * (a.context + a.new_tokens),
+                max_running_requests=a.batch) as eng, ForwardSplit() as split:
+        vocab = len(eng.tokenizer)
+        for _ in range(2):  # a warm-up round first: its shapes build oneDNN primitives
+            split.reset()
+            prompts = [[rng.randrange(10, vocab - 10) for _ in range(a.context)] for _ in range(a.batch)]
+            eng.generate(input_ids=prompts, sampling_params=sp)
+    steps = sorted(split.decode_step_s)
+    median = steps[len(steps) // 2]
+    print(f"batch {a.batch} x {a.context}-token contexts: decode forward median {median * 1e3:.2f} ms "
+          f"over {len(steps)} steps")
+    return median
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("logparse", "random"):
+    if not argv or argv[0] not in ("logparse", "random", "decode"):
         raise SystemExit(__doc__)
     if argv[0] == "random":
         return run_random(argv[1:])
+    if argv[0] == "decode":
+        run_decode(argv[1:])
+        return None
     from bench import logparse
 
     with ForwardSplit() as split:

@@ -18,3 +18,12 @@ def test_counts_extend_and_decode_tokens(tiny_model_dir, make_engine):
     assert dec_tokens == 2 * (3 - 1) and dec_reqs == dec_tokens  # the first token of each comes from its extend
     assert ext_s > 0 and dec_s > 0
     assert "| decode |" in split.table(1.0)
+
+
+def test_decode_subcommand_times_only_decode_steps(tiny_model_dir, capsys):
+    from bench.forward_split import run_decode
+
+    median = run_decode(["--model", tiny_model_dir, "--batch", "3", "--context", "20", "--new-tokens", "4"])
+    out = capsys.readouterr().out
+    assert median > 0
+    assert "batch 3 x 20-token contexts" in out and "over 3 steps" in out  # 4 tokens: 1 from prefill, 3 decoded
