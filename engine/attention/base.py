@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from engine.scheduler.batch import ForwardMode
+from engine.scheduler.batch import ForwardMode, default_num_extend
 
 
 @dataclass
@@ -37,7 +37,11 @@ class ForwardBatch:
     seq_lens_list: list[int]
     prefix_lens_list: list[int]
     extend_lens_list: list[int]
-    num_extend: int = -1  # MIXED only: requests [0, num_extend) extend, the rest decode one token each
+    num_extend: int = -1  # requests [0, num_extend) extend, the rest decode one token each; given for MIXED
+
+    def __post_init__(self) -> None:
+        if self.num_extend < 0:
+            self.num_extend = default_num_extend(self.mode, self.batch_size)
 
 
 class AttentionBackend:

@@ -6,16 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from engine.attention.base import AttentionBackend, ForwardBatch
-from engine.scheduler.batch import ForwardMode
 
 _LEN_BUCKET = 64  # decode key lengths are padded to a multiple of this
 
 
 class TorchNativeBackend(AttentionBackend):
     def init_forward(self, fb: ForwardBatch) -> None:
-        # Requests [0, n) extend and [n, B) decode: n = B for EXTEND, 0 for DECODE, num_extend for MIXED.
-        n = {ForwardMode.EXTEND: fb.batch_size, ForwardMode.DECODE: 0}.get(fb.mode, fb.num_extend)
-        assert 0 <= n <= fb.batch_size, "a mixed ForwardBatch needs num_extend"
+        n = fb.num_extend  # requests [0, n) extend, [n, B) decode
         self._num_extend_tokens = sum(fb.extend_lens_list[:n])
         self._extend_meta = self._plan_extend(fb, n) if n > 0 else None
         self._decode_meta = self._plan_decode(fb, n) if n < fb.batch_size else None

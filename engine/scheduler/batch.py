@@ -13,6 +13,12 @@ class ForwardMode(enum.Enum):
     MIXED = "mixed"  # EXTEND requests first, then one decode token for each running request (enable_mixed_chunk)
 
 
+def default_num_extend(mode: ForwardMode, num_reqs: int) -> int:
+    """How many leading requests of an EXTEND or DECODE batch extend (a MIXED batch must say)."""
+    assert mode is not ForwardMode.MIXED, "a mixed batch names its number of extend requests"
+    return num_reqs if mode is ForwardMode.EXTEND else 0
+
+
 @dataclass
 class TableWrite:
     """Positions [start, start + len(slots)) of req_to_token row `row` are set to `slots`."""
@@ -46,8 +52,7 @@ class ScheduledBatch:
 
     def __post_init__(self) -> None:
         if self.num_extend < 0:
-            assert self.mode is not ForwardMode.MIXED, "a mixed batch names its number of extend requests"
-            self.num_extend = len(self.reqs) if self.mode is ForwardMode.EXTEND else 0
+            self.num_extend = default_num_extend(self.mode, len(self.reqs))
 
     @property
     def batch_size(self) -> int:
