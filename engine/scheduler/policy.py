@@ -1,4 +1,4 @@
-"""Waiting-queue orderings: fcfs, lpm (longest cached prefix first, with aging), dfs-weight.
+"""Waiting-queue orderings (fcfs, lpm = longest cached prefix first with aging, dfs-weight) and in-batch dedup.
 
 A policy returns the waiting requests in admission order. LPM alone starves cache-cold requests under a
 steady stream of hot ones; the aging term adds `waited_s / lpm_aging_seconds` of a full hit to a request's
@@ -11,6 +11,8 @@ from typing import Callable
 
 from engine.scheduler.request import Req
 
+IN_BATCH_DEDUP_MIN = 32  # defer a request whose uncached prefix shares this many tokens with one admitted now
+
 MatchFn = Callable[[Req], tuple[int, object]]  # req -> (cached prefix length, radix node or None)
 
 
@@ -22,6 +24,20 @@ def order_waiting(policy: str, waiting: list[Req], match: MatchFn, now: float, a
     if policy == "dfs-weight":
         return _dfs_weight(waiting, match)
     raise ValueError(f"schedule_policy: unknown policy {policy!r}")
+
+
+
+def shares_uncached_prefix(ids: list[int], cached_len: int, peers: list[Req]) -> bool:
+    """Whether ids[cached_len:] starts with at least IN_BATCH_DEDUP_MIN tokens that a peer admitted in the same
+    step will compute: deferring the request one step lets it hit the cache there instead of computing them twice."""
+    for peer in peers:
+        other = peer.fill_ids
+        n, limit = cached_len, min(len(ids), len(other))
+        while n < limit and ids[n] == other[n]:
+            n += 1
+        if n - cached_len >= IN_BATCH_DEDUP_MIN:
+            return True
+    return False
 
 
 def _lpm(waiting: list[Req], match: MatchFn, now: float, aging_s: float) -> list[Req]:

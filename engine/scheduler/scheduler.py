@@ -17,12 +17,11 @@ from engine.config import ServerArgs
 from engine.scheduler.batch import ForwardMode, ScheduledBatch, StepOutput, append_decode, build_extend
 from engine.scheduler.finish import check_finish, finish_output
 from engine.scheduler.kv_manager import KVManager
-from engine.scheduler.policy import order_waiting
+from engine.scheduler.policy import order_waiting, shares_uncached_prefix
 from engine.pair.refiner import PairRefiner
 from engine.scheduler.request import FinishKind, FinishReason, Req, ReqStatus, Segments
 
 CLIP_NEW_TOKENS = 4096  # reservation per request is capped: max_new_tokens is often a loose upper bound
-IN_BATCH_DEDUP_MIN = 32  # defer a request whose uncached prefix shares this many tokens with one admitted now
 
 
 @dataclass
@@ -191,8 +190,8 @@ class Scheduler:
             alone = not picked and not self.running
             if extend + future > avail and not (alone and take <= avail):
                 break
-            if self._shares_uncached_prefix(req, cached, picked):
-                continue
+            if self.kv.tree is not None and shares_uncached_prefix(req.fill_ids, cached, [r for r, _ in picked]):
+                continue  # in-batch prefix dedup: wait one step for a peer admitted now to cache the shared part
             self.kv.admit(req)
             extend = req.seq_len - req.cached_len  # the probe may have gone stale (eviction, PAIR)
             take = min(take, extend)
@@ -221,20 +220,6 @@ class Scheduler:
         req.segments = Segments(boundaries, seg_ids)
         req.extra["icl_order"] = list(res.order)
         req.extra["icl_substituted"] = res.substituted
-
-    def _shares_uncached_prefix(self, req: Req, cached: int, picked: list[tuple[Req, int]]) -> bool:
-        """In-batch prefix dedup: wait one step for a peer admitted now to cache the shared part."""
-        if self.kv.tree is None or not picked:
-            return False
-        ids = req.fill_ids
-        for other, _ in picked:
-            o = other.fill_ids
-            n, limit = cached, min(len(ids), len(o))
-            while n < limit and ids[n] == o[n]:
-                n += 1
-            if n - cached >= IN_BATCH_DEDUP_MIN:
-                return True
-        return False
 
     def _account_admission(self, req: Req) -> None:
         if req.reported_cached_len is None:
