@@ -272,3 +272,50 @@ def test_gpu_check_lockstep_agreement_runs_on_cpu(tiny_model_dir):
     for r in rows:
         assert r.error is None and r.ok, r
         assert r.max_rel_err < 1e-4
+
+
+# --- torch backend: decode in length groups ----------------------------------------------------------------------
+def test_length_groups_split_only_when_padding_costs_more_than_a_group():
+    from engine.attention.torch_native import length_groups
+
+    assert length_groups([5, 60, 64], 4096, group_cost=0) == [(None, 64)]  # one bucket: one group, batch order
+    # 10 short requests and one long one: padding the short ones to 1,024 costs 10 x 960 keys > one more group
+    lens = [30] * 5 + [1000] + [30] * 5
+    assert length_groups(lens, 4096, group_cost=512) == [([0, 1, 2, 3, 4, 6, 7, 8, 9, 10], 64), ([5], 1024)]
+    assert length_groups(lens, 4096, group_cost=10_000) == [(None, 1024)]
+    assert length_groups([70, 5, 130, 65], 4096, group_cost=0) == [([1], 64), ([0, 3], 128), ([2], 192)]
+    assert length_groups([70, 5000], 4096, group_cost=0) == [([0], 128), ([1], 4096)]  # capped at the table width
+
+
+@pytest.mark.parametrize("group_cost", [0, 10 ** 9])
+def test_torch_decode_in_length_groups_matches_the_reference(group_cost):
+    """Uneven decode lengths (several 64-token buckets), split into groups or not, against the plain reference;
+    every row belongs to exactly one group."""
+    gen = torch.Generator().manual_seed(5)
+    seq_lens = [130, 7, 70, 66]
+    pool = _pools(gen, 512, torch.float32, copies=1)[0]
+    table = torch.zeros(5, 256, dtype=torch.int32)
+    rows = torch.tensor([4, 1, 0, 2])
+    slots = torch.randperm(511, generator=gen) + 1
+    start = 0
+    for row, n in zip(rows.tolist(), seq_lens):
+        table[row, :n] = slots[start:start + n].to(torch.int32)
+        start += n
+    prefix = [n - 1 for n in seq_lens]
+    backend = TorchNativeBackend(decode_group_cost=group_cost)
+    fb = dataclasses.replace(_forward_batch(ForwardMode.DECODE, prefix, [1] * 4, rows, table, pool),
+                             attn_backend=backend)
+    backend.init_forward(fb)
+    groups = backend._decode_meta[1]
+    assert len(groups) == (3 if group_cost == 0 else 1)
+    if len(groups) > 1:
+        assert sorted(r for sel, _, _ in groups for r in sel.tolist()) == [0, 1, 2, 3]
+    for layer in range(LAYERS):
+        q = torch.randn(4, HEADS, HEAD_DIM, generator=gen)
+        k = torch.randn(4, KV_HEADS, HEAD_DIM, generator=gen)
+        v = torch.randn(4, KV_HEADS, HEAD_DIM, generator=gen)
+        out = backend.forward(q, k, v, layer, fb)
+        k_buf, v_buf = pool.get_kv(layer)
+        ref = decode_attention_reference(q, k_buf, v_buf, table, rows, fb.seq_lens, fb.sm_scale)
+        assert out.shape == (4, HEADS * HEAD_DIM) and not out.isnan().any()
+        assert _rel_err(out.view(4, HEADS, HEAD_DIM), ref) < 1e-5
