@@ -285,6 +285,11 @@ def test_length_groups_split_only_when_padding_costs_more_than_a_group():
     assert length_groups(lens, 4096, group_cost=10_000) == [(None, 1024)]
     assert length_groups([70, 5, 130, 65], 4096, group_cost=0) == [([1], 64), ([0, 3], 128), ([2], 192)]
     assert length_groups([70, 5000], 4096, group_cost=0) == [([0], 128), ([1], 4096)]  # capped at the table width
+    many = [64 * (i % 200) + 1 for i in range(400)]  # 200 distinct buckets: split points are coarsened
+    groups = length_groups(many, 1 << 20, group_cost=0)
+    assert 2 <= len(groups) <= 32
+    assert sorted(r for rows, _ in groups for r in rows) == list(range(400))
+    assert all(many[r] <= length for rows, length in groups for r in rows)
 
 
 @pytest.mark.parametrize("group_cost", [0, 10 ** 9])

@@ -13,6 +13,7 @@ _LEN_BUCKET = 64  # decode key lengths are padded to a multiple of this
 # One more decode group per layer costs about as much as this many padded keys (bench preset, 2 cores: ~100 us of
 # small ops against ~0.1-0.2 us per gathered key), so groups split only batches of very uneven lengths.
 GROUP_COST_KEYS = 512
+_MAX_SPLIT_POINTS = 32
 
 
 def length_groups(lens: list[int], limit: int, group_cost: int = GROUP_COST_KEYS) -> list[tuple[list[int] | None, int]]:
@@ -27,6 +28,9 @@ def length_groups(lens: list[int], limit: int, group_cost: int = GROUP_COST_KEYS
     cum = [0]
     for length in distinct:
         cum.append(cum[-1] + count[length])
+    if len(distinct) > _MAX_SPLIT_POINTS:  # the DP is quadratic: cut only between coarser units of buckets
+        ends = sorted({(i + 1) * len(distinct) // _MAX_SPLIT_POINTS - 1 for i in range(_MAX_SPLIT_POINTS)})
+        distinct, cum = [distinct[e] for e in ends], [0] + [cum[e + 1] for e in ends]
     m = len(distinct)
     best = [0] + [0] * m  # best[j]: cheapest split of the requests in the j shortest buckets
     cut = [0] * (m + 1)  # cut[j]: the first bucket of the last group in that split
