@@ -78,26 +78,32 @@ def test_stats_counters(tiny_model_dir, make_engine):
 
 
 def test_every_decode_attention_in_a_run_matches_the_reference(tiny_model_dir, make_engine, monkeypatch):
-    """Requests of very uneven lengths, some over a cached 300-token prefix: the torch backend splits their decode
-    steps into length groups, and every decode attention of the run equals the per-request reference on the
-    engine's real tables (the tiny model's greedy tokens barely depend on distant context, so outputs alone would
-    not show a wrong row); outputs equal the cache-off run's."""
+    """Requests of very uneven lengths, four over a cached 300-token prefix: the torch backend attends that prefix
+    once for the four (a shared-prefix group) and splits the rest into length groups; every decode attention of
+    the run equals the per-request reference on the engine's real tables (the tiny model's greedy tokens barely
+    depend on distant context, so outputs alone would not show a wrong row or merge); outputs equal cache-off's."""
     from engine import Engine
-    from engine.attention import torch_native
+    from engine.attention import torch_decode, torch_native
     from engine.kernels.decode_attention import decode_attention_reference
 
     prefix = [(29 * i) % 1900 + 50 for i in range(300)]
-    prompts = [prefix + [(11 * j + k) % 1900 + 50 for k in range(5 + j)] for j in range(3)]
+    prompts = [prefix + [(11 * j + k) % 1900 + 50 for k in range(5 + j)] for j in range(4)]
     prompts += [[(13 * j + k) % 1900 + 50 for k in range(20 + j)] for j in range(4)]
     sp = {**GREEDY, "max_new_tokens": 12}
     with Engine(model_path=tiny_model_dir, dtype="float32", disable_radix_cache=True, kv_cache_tokens=4096) as e:
         reference = [o["output_ids"] for o in e.generate(input_ids=prompts, sampling_params=sp)]
-    split, errors = [], []
-    real_groups, real_decode = torch_native.length_groups, torch_native.TorchNativeBackend._decode
+    split, shared, errors = [], [], []
+    real_groups, real_shared = torch_decode.length_groups, torch_decode.shared_prefix_groups
+    real_decode = torch_native.TorchNativeBackend._decode
 
     def spy_groups(*args, **kwargs):
         groups = real_groups(*args, **kwargs)
         split.append(len(groups))
+        return groups
+
+    def spy_shared(*args, **kwargs):
+        groups = real_shared(*args, **kwargs)
+        shared.extend(len(rows) for rows, _ in groups)
         return groups
 
     def checked_decode(self, q, k_buf, v_buf, fb):
@@ -108,9 +114,11 @@ def test_every_decode_attention_in_a_run_matches_the_reference(tiny_model_dir, m
         errors.append((out.view_as(ref) - ref).abs().max().item())
         return out
 
-    monkeypatch.setattr(torch_native, "length_groups", spy_groups)
+    monkeypatch.setattr(torch_decode, "length_groups", spy_groups)
+    monkeypatch.setattr(torch_decode, "shared_prefix_groups", spy_shared)
     monkeypatch.setattr(torch_native.TorchNativeBackend, "_decode", checked_decode)
     eng = make_engine(tiny_model_dir)
     assert [o["output_ids"] for o in eng.generate(input_ids=prompts, sampling_params=sp)] == reference
     assert split and max(split) >= 2
+    assert shared and max(shared) == 4
     assert errors and max(errors) < 1e-4
