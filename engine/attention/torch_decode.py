@@ -71,6 +71,9 @@ def shared_prefix_groups(slots: torch.Tensor, seq_lens: list[int], group_cost: i
     if k == 0 or not 2 <= len(seq_lens) <= MAX_SHARING_BATCH:
         return []
     marks = slots[:, LEN_BUCKET - 1:k * LEN_BUCKET:LEN_BUCKET]  # [B, K]: the slot ending each full block
+    first = marks[[r for r, n in enumerate(n_blocks) if n > 0], 0]
+    if first.unique().numel() == first.numel():
+        return []  # no two requests share even their first block (always so with the radix cache off)
     valid = torch.arange(k, device=slots.device)[None, :] < torch.tensor(n_blocks, device=slots.device)[:, None]
     same = (marks[:, None, :] == marks[None, :, :]) & valid[:, None, :] & valid[None, :, :]  # [B, B, K], bytes
     differ = (~same).to(torch.uint8)

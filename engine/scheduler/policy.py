@@ -26,7 +26,6 @@ def order_waiting(policy: str, waiting: list[Req], match: MatchFn, now: float, a
     raise ValueError(f"schedule_policy: unknown policy {policy!r}")
 
 
-
 def shares_uncached_prefix(ids: list[int], cached_len: int, peers: list[Req]) -> bool:
     """Whether ids[cached_len:] starts with at least IN_BATCH_DEDUP_MIN tokens that a peer admitted in the same
     step will compute: deferring the request one step lets it hit the cache there instead of computing them twice."""
