@@ -15,7 +15,7 @@ from engine.radix_cache.eviction import eviction_policy_names
 
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 EVICTION_POLICIES = ("lru", "lfu", "segment")  # the built-ins; more via register_eviction_policy
-ATTENTION_BACKENDS = ("auto", "torch", "triton", "flashinfer")
+ATTENTION_BACKENDS = ("auto", "cpu", "torch", "triton", "flashinfer")
 DTYPES = ("bfloat16", "float32", "float16")
 PAIR_POLICIES = ("none", "table", "native")
 

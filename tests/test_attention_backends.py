@@ -142,6 +142,39 @@ def test_torch_and_triton_backends_agree(page_size):
     assert backends[1]._meta.num_kv_splits == 4  # cdiv(27, 8): decode spread over several splits
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_cpu_and_torch_backends_agree(dtype, tol):
+    """The cpu backend: its extend is the torch backend's, its decode the compiled kernel's."""
+    from engine.attention.cpu_backend import CpuBackend, KernelDecodePlan
+
+    gen = torch.Generator().manual_seed(5)
+    cpu = create_backend("cpu", HEADS, KV_HEADS, HEAD_DIM, "cpu")
+    assert isinstance(cpu, CpuBackend)
+    backends = [TorchNativeBackend(), cpu]
+    pools = _pools(gen, 64, dtype, copies=2)
+    seen = []
+
+    def check(outs, q, layer, fb):
+        seen.append(isinstance(cpu._decode_meta, KernelDecodePlan))
+        assert outs[0].shape == outs[1].shape == (q.shape[0], HEADS * HEAD_DIM)
+        assert _rel_err(outs[1], outs[0]) <= tol
+
+    _run_steps(backends, pools, gen, dtype, 1, check)
+    assert seen == [False] * LAYERS + [True] * LAYERS  # the extend step has no decode part; the decode step used the kernel
+
+
+def test_auto_backend_on_cpu_needs_a_compiler_for_the_kernel(tmp_path, monkeypatch):
+    from engine.attention.cpu_backend import CpuBackend
+
+    assert isinstance(create_backend("auto", HEADS, KV_HEADS, HEAD_DIM, "cpu"), CpuBackend)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built there yet
+    monkeypatch.setenv("CC", "false")
+    backend = create_backend("auto", HEADS, KV_HEADS, HEAD_DIM, "cpu")
+    assert type(backend) is TorchNativeBackend
+    with pytest.raises(ValueError, match="attention_backend: cpu: no working C compiler"):
+        create_backend("cpu", HEADS, KV_HEADS, HEAD_DIM, "cpu")
+
+
 # --- FlashInferBackend through a stand-in for the flashinfer module ----------------------------------------------
 def _paged_attention(q, paged_kv, qo, kv_indptr, kv_indices, last_page_len, page_size, sm_scale):
     """FlashInfer's documented semantics: CSR page table over NHD pages, causal mask aligned bottom-right."""

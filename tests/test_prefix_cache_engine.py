@@ -90,7 +90,8 @@ def test_every_decode_attention_in_a_run_matches_the_reference(tiny_model_dir, m
     prompts = [prefix + [(11 * j + k) % 1900 + 50 for k in range(5 + j)] for j in range(4)]
     prompts += [[(13 * j + k) % 1900 + 50 for k in range(20 + j)] for j in range(4)]
     sp = {**GREEDY, "max_new_tokens": 12}
-    with Engine(model_path=tiny_model_dir, dtype="float32", disable_radix_cache=True, kv_cache_tokens=4096) as e:
+    with Engine(model_path=tiny_model_dir, dtype="float32", disable_radix_cache=True, kv_cache_tokens=4096,
+                attention_backend="torch") as e:
         reference = [o["output_ids"] for o in e.generate(input_ids=prompts, sampling_params=sp)]
     split, shared, errors = [], [], []
     real_groups, real_shared = torch_decode.length_groups, torch_decode.shared_prefix_groups
@@ -117,7 +118,7 @@ def test_every_decode_attention_in_a_run_matches_the_reference(tiny_model_dir, m
     monkeypatch.setattr(torch_decode, "length_groups", spy_groups)
     monkeypatch.setattr(torch_decode, "shared_prefix_groups", spy_shared)
     monkeypatch.setattr(torch_native.TorchNativeBackend, "_decode", checked_decode)
-    eng = make_engine(tiny_model_dir)
+    eng = make_engine(tiny_model_dir, attention_backend="torch")
     assert [o["output_ids"] for o in eng.generate(input_ids=prompts, sampling_params=sp)] == reference
     assert split and max(split) >= 2
     assert shared and max(shared) == 4

@@ -9,6 +9,7 @@ Contract of `forward(q, k, v, layer_id, fb)`:
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import torch
 
 from engine.scheduler.batch import ForwardMode, default_num_extend
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,9 +57,23 @@ class AttentionBackend:
 
 
 def create_backend(name: str, num_heads: int, num_kv_heads: int, head_dim: int, device: str) -> AttentionBackend:
-    """`auto` is torch on CPU and triton on CUDA; flashinfer needs CUDA and the `gpu` extra."""
-    if name == "auto":
-        name = "triton" if device.startswith("cuda") else "torch"
+    """`auto` is triton on CUDA; on CPU it is `cpu` (torch-native extend, compiled decode kernel), or `torch` where
+    no C compiler can build that kernel. flashinfer needs CUDA and the `gpu` extra."""
+    if name == "auto" and device.startswith("cuda"):
+        name = "triton"
+    if name in ("auto", "cpu"):
+        if device.startswith("cuda"):
+            raise ValueError("attention_backend: cpu runs only on CPU devices")
+        from engine.attention.cpu_backend import CpuBackend
+        from engine.attention.cpu_kernel import CpuDecodeKernel, KernelBuildError
+
+        try:
+            return CpuBackend(CpuDecodeKernel(), num_heads, num_kv_heads, head_dim)
+        except KernelBuildError as e:
+            if name == "cpu":
+                raise ValueError(f"attention_backend: cpu: {e}") from e
+            logger.warning("CPU decode kernel unavailable, using the torch backend: %s", e)
+            name = "torch"
     if name == "torch":
         from engine.attention.torch_native import TorchNativeBackend
 

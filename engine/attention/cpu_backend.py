@@ -1,0 +1,41 @@
+"""The CPU backend: extend attention as torch-native (SDPA per request), decode attention by the compiled kernel
+(engine/attention/cpu_kernel.py), which reads each request's K/V rows from the pool in place. Against the
+torch-native decode (gather into padded copies, then batched matmuls) it reads every K/V byte once instead of
+three times, and has no per-group call overheads; a model or dtype outside the kernel's limits (fp16, head_dim >
+256) keeps the torch-native decode."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.attention.base import ForwardBatch
+from engine.attention.cpu_kernel import CpuDecodeKernel
+from engine.attention.torch_native import TorchNativeBackend
+
+
+@dataclass(frozen=True)
+class KernelDecodePlan:
+    rows: torch.Tensor  # int64 [n]: the decode requests' rows of req_to_token
+    seq_lens: torch.Tensor  # int64 [n]
+
+
+class CpuBackend(TorchNativeBackend):
+    def __init__(self, kernel: CpuDecodeKernel, num_heads: int, num_kv_heads: int, head_dim: int):
+        super().__init__()
+        self.kernel = kernel
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+
+    def _plan_decode(self, fb: ForwardBatch, lo: int):
+        dtype = fb.kv_pool.get_kv(0)[0].dtype
+        if not self.kernel.supports(dtype, self.num_heads, self.num_kv_heads, self.head_dim):
+            return super()._plan_decode(fb, lo)
+        return KernelDecodePlan(fb.req_pool_indices[lo:].contiguous(), fb.seq_lens[lo:].contiguous())
+
+    def _decode(self, q, k_buf, v_buf, fb: ForwardBatch) -> torch.Tensor:
+        plan = self._decode_meta
+        if not isinstance(plan, KernelDecodePlan):
+            return super()._decode(q, k_buf, v_buf, fb)
+        n, h, d = q.shape
+        return self.kernel(q.contiguous(), k_buf, v_buf, fb.req_to_token, plan.rows, plan.seq_lens,
+                           fb.sm_scale).view(n, h * d)

@@ -1,0 +1,253 @@
+/* Decode attention over a paged KV pool, read in place, for CPUs (built by engine/attention/cpu_kernel.py).
+ *
+ * One query token per request; request b's keys are the pool rows table[rows[b], 0 .. seq_lens[b]), in order.
+ * Layouts (all contiguous): q, out [B, H, D]; k_pool, v_pool [num_slots, KVH, D]; table [*, table_stride] int32.
+ * Query head h reads kv head h / (H / KVH) (grouped-query attention). Scores, softmax and the output
+ * accumulator are fp32; bf16 tensors are read and written as raw uint16 (round to nearest even on output).
+ *
+ * Work is one (request, kv head) pair per task, split over the OpenMP threads (torch's own libgomp when loaded
+ * into a torch process, so one thread pool serves both). Keys go in blocks of BLK with an online softmax: each K
+ * and V row is read once from the pool, instead of being gathered into a padded copy and read again; requests
+ * that share a cached prefix read the same rows, which then come from cache rather than memory.
+ */
+#include <float.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BLK 32
+#define MAX_D 256
+#define MAX_G 16
+
+/* dst[0..D) = the fp32 value of a pool row (bf16 when is_bf16, else fp32) */
+static inline void load_row(float *restrict dst, const void *restrict src, int64_t D, int is_bf16) {
+    if (is_bf16) {
+        const uint16_t *h = (const uint16_t *)src;
+        uint32_t *u = (uint32_t *)dst;
+        for (int64_t d = 0; d < D; ++d) u[d] = (uint32_t)h[d] << 16;
+    } else {
+        memcpy(dst, src, (size_t)D * 4);
+    }
+}
+
+static inline void store_row(void *restrict dst, const float *restrict src, float mul, int64_t D, int is_bf16) {
+    if (is_bf16) {
+        uint16_t *h = (uint16_t *)dst;
+        for (int64_t d = 0; d < D; ++d) {
+            float f = src[d] * mul;
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even (finite values only) */
+            h[d] = (uint16_t)(u >> 16);
+        }
+    } else {
+        float *o = (float *)dst;
+        for (int64_t d = 0; d < D; ++d) o[d] = src[d] * mul;
+    }
+}
+
+/* exp(x) for x <= 0 (arguments here are score - running max), relative error < 2e-7; plain arithmetic so that
+ * the compiler vectorises the loops that call it (libm's expf does not vectorise without -ffast-math). */
+static inline float exp_nonpos(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float n = (float)(int32_t)(x * 1.44269504088896341f - 0.5f); /* round(x / ln2), x <= 0 */
+    float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+static void attend_generic(const char *q, const char *k_pool, const char *v_pool, const int32_t *slots, int64_t n,
+                       char *out, int64_t kh, int64_t KVH, int64_t G, int64_t D, float scale, int is_bf16) {
+    const int64_t esz = is_bf16 ? 2 : 4, row_bytes = KVH * D * esz;
+    float qf[MAX_G][MAX_D], acc[MAX_G][MAX_D], s[MAX_G][BLK], kt[BLK][MAX_D], m[MAX_G], l[MAX_G];
+    for (int64_t g = 0; g < G; ++g) {
+        load_row(qf[g], q + g * D * esz, D, is_bf16);
+        for (int64_t d = 0; d < D; ++d) {
+            qf[g][d] *= scale;
+            acc[g][d] = 0.0f;
+        }
+        m[g] = -FLT_MAX;
+        l[g] = 0.0f;
+    }
+    for (int64_t t0 = 0; t0 < n; t0 += BLK) {
+        const int64_t nb = n - t0 < BLK ? n - t0 : BLK;
+        for (int64_t j = 0; j < nb; ++j)
+            load_row(kt[j], k_pool + (int64_t)slots[t0 + j] * row_bytes + kh * D * esz, D, is_bf16);
+        for (int64_t g = 0; g < G; ++g) {
+            for (int64_t j = 0; j < nb; ++j) {
+                float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                for (int64_t d = 0; d < D; ++d) sum += qf[g][d] * kt[j][d];
+                s[g][j] = sum;
+            }
+            float mx = m[g];
+            for (int64_t j = 0; j < nb; ++j) mx = s[g][j] > mx ? s[g][j] : mx;
+            const float corr = exp_nonpos(m[g] - mx);
+            float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t j = 0; j < nb; ++j) {
+                s[g][j] = exp_nonpos(s[g][j] - mx);
+                sum += s[g][j];
+            }
+            l[g] = l[g] * corr + sum;
+            m[g] = mx;
+            for (int64_t d = 0; d < D; ++d) acc[g][d] *= corr;
+        }
+        for (int64_t j = 0; j < nb; ++j)
+            load_row(kt[j], v_pool + (int64_t)slots[t0 + j] * row_bytes + kh * D * esz, D, is_bf16);
+        for (int64_t g = 0; g < G; ++g)
+            for (int64_t j = 0; j < nb; ++j) {
+                const float p = s[g][j];
+                for (int64_t d = 0; d < D; ++d) acc[g][d] += p * kt[j][d];
+            }
+    }
+    for (int64_t g = 0; g < G; ++g) store_row(out + g * D * esz, acc[g], 1.0f / l[g], D, is_bf16);
+}
+
+#if defined(__AVX512F__) && !defined(DA_GENERIC)
+#include <immintrin.h>
+#define HAVE_AVX512 1
+
+/* 16 fp32 lanes of a pool row at src (bf16 when is_bf16) */
+static inline __m512 load16(const char *src, int is_bf16) {
+    if (is_bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)src)), 16));
+    return _mm512_loadu_ps((const float *)src);
+}
+
+/* lane j = the sum of v[j]'s 16 lanes: a transposing tree, 45 shuffles and adds for 16 sums */
+static inline __m512 sum16(const __m512 *v) {
+    __m512 w[8], x[4];
+    for (int i = 0; i < 8; ++i)
+        w[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; ++i) {
+        __m512d a = _mm512_castps_pd(w[2 * i]), b = _mm512_castps_pd(w[2 * i + 1]);
+        x[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    __m512 y0 = _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], 0x88), _mm512_shuffle_f32x4(x[0], x[1], 0xdd));
+    __m512 y1 = _mm512_add_ps(_mm512_shuffle_f32x4(x[2], x[3], 0x88), _mm512_shuffle_f32x4(x[2], x[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(y0, y1, 0x88), _mm512_shuffle_f32x4(y0, y1, 0xdd));
+}
+
+/* exp(x) lane-wise for x <= 0, same polynomial as exp_nonpos; scalef applies 2^n */
+static inline __m512 exp16_nonpos(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* One (request, kv head): blocks of 16 keys, one score per lane. Needs D % 16 == 0. */
+static inline __attribute__((always_inline)) void attend_avx512(
+        const char *q, const char *k_pool, const char *v_pool, const int32_t *slots, int64_t n, char *out,
+        int64_t kh, int64_t KVH, int64_t G, int64_t D, float scale, int is_bf16) {
+    const int64_t esz = is_bf16 ? 2 : 4, row_bytes = KVH * D * esz, C = D / 16;
+    __m512 qf[MAX_G * MAX_D / 16], acc[MAX_G * MAX_D / 16], part[16];
+    float m[MAX_G], l[MAX_G], p[MAX_G][16];
+    for (int64_t g = 0; g < G; ++g) {
+        for (int64_t c = 0; c < C; ++c) {
+            qf[g * C + c] = _mm512_mul_ps(load16(q + (g * D + c * 16) * esz, is_bf16), _mm512_set1_ps(scale));
+            acc[g * C + c] = _mm512_setzero_ps();
+        }
+        m[g] = -FLT_MAX;
+        l[g] = 0.0f;
+    }
+    const char *krow[16], *vrow[16];
+    for (int64_t t0 = 0; t0 < n; t0 += 16) {
+        const int64_t nb = n - t0 < 16 ? n - t0 : 16;
+        const __mmask16 valid = (__mmask16)((1u << nb) - 1u);
+        for (int64_t j = 0; j < nb; ++j) {
+            const int64_t off = (int64_t)slots[t0 + j] * row_bytes + kh * D * esz;
+            krow[j] = k_pool + off;
+            vrow[j] = v_pool + off;
+        }
+        for (int64_t j = 0; t0 + 16 + j < n && j < 16; ++j) { /* the next block's rows are random reads: start them */
+            const int64_t off = (int64_t)slots[t0 + 16 + j] * row_bytes + kh * D * esz;
+            for (int64_t b = 0; b < D * esz; b += 64) {
+                _mm_prefetch(k_pool + off + b, _MM_HINT_T0);
+                _mm_prefetch(v_pool + off + b, _MM_HINT_T0);
+            }
+        }
+        for (int64_t g = 0; g < G; ++g) {
+            for (int64_t j = 0; j < 16; ++j) {
+                __m512 a = _mm512_setzero_ps();
+                if (j < nb)
+                    for (int64_t c = 0; c < C; ++c) a = _mm512_fmadd_ps(qf[g * C + c], load16(krow[j] + c * 16 * esz, is_bf16), a);
+                part[j] = a;
+            }
+            const __m512 sc = sum16(part);
+            const float mx_blk = _mm512_mask_reduce_max_ps(valid, sc);
+            const float mx = mx_blk > m[g] ? mx_blk : m[g];
+            const __m512 pr = _mm512_maskz_mov_ps(valid, exp16_nonpos(_mm512_sub_ps(sc, _mm512_set1_ps(mx))));
+            const float corr = _mm512_cvtss_f32(exp16_nonpos(_mm512_set1_ps(m[g] - mx)));
+            l[g] = l[g] * corr + _mm512_reduce_add_ps(pr);
+            m[g] = mx;
+            if (corr != 1.0f)
+                for (int64_t c = 0; c < C; ++c) acc[g * C + c] = _mm512_mul_ps(acc[g * C + c], _mm512_set1_ps(corr));
+            _mm512_storeu_ps(p[g], pr);
+        }
+        for (int64_t j = 0; j < nb; ++j)
+            for (int64_t c = 0; c < C; ++c) {
+                const __m512 v = load16(vrow[j] + c * 16 * esz, is_bf16);
+                for (int64_t g = 0; g < G; ++g)
+                    acc[g * C + c] = _mm512_fmadd_ps(_mm512_set1_ps(p[g][j]), v, acc[g * C + c]);
+            }
+    }
+    for (int64_t g = 0; g < G; ++g) {
+        float row[MAX_D];
+        for (int64_t c = 0; c < C; ++c) _mm512_storeu_ps(row + c * 16, acc[g * C + c]);
+        store_row(out + g * D * esz, row, 1.0f / l[g], D, is_bf16);
+    }
+}
+#endif
+
+/* The entry point: returns 0, or -1 when a limit is exceeded (the wrapper checks them first). */
+int decode_attention(const void *q, const void *k_pool, const void *v_pool, const int32_t *table,
+                     int64_t table_stride, const int64_t *rows, const int64_t *seq_lens, void *out, int64_t B,
+                     int64_t H, int64_t KVH, int64_t D, float scale, int is_bf16) {
+    if (D > MAX_D || H % KVH != 0 || H / KVH > MAX_G) return -1;
+    const int64_t G = H / KVH, esz = is_bf16 ? 2 : 4;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < B * KVH; ++task) {
+        const int64_t b = task / KVH, kh = task % KVH;
+        const int64_t head0 = (b * H + kh * G) * D * esz;
+        const char *qb = (const char *)q + head0;
+        char *ob = (char *)out + head0;
+        const int32_t *slots = table + rows[b] * table_stride;
+#ifdef HAVE_AVX512
+        /* constant head dims and dtypes let the compiler unroll the row loops into whole registers */
+        if (D == 64 && is_bf16)
+            attend_avx512(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, 64, scale, 1);
+        else if (D == 128 && is_bf16)
+            attend_avx512(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, 128, scale, 1);
+        else if (D % 16 == 0)
+            attend_avx512(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, D, scale, is_bf16);
+        else
+#endif
+            attend_generic(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, D, scale, is_bf16);
+    }
+    return 0;
+}
+
+int64_t decode_attention_max_head_dim(void) { return MAX_D; }
+int64_t decode_attention_max_group(void) { return MAX_G; }
+
+/* 1 when the vectorised path was compiled in (the generic one serves the rest) */
+int decode_attention_vectorised(void) {
+#ifdef HAVE_AVX512
+    return 1;
+#else
+    return 0;
+#endif
+}

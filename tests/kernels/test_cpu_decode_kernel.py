@@ -1,0 +1,96 @@
+"""The compiled CPU decode kernel (engine/attention/cpu_kernel.py) vs the torch reference on scattered, poisoned
+paged pools, in both of its builds: the vectorised one this machine compiles and the portable loop."""
+import pytest
+import torch
+
+from engine.attention import cpu_kernel
+from engine.attention.cpu_kernel import CpuDecodeKernel, KernelBuildError, build_library
+from engine.kernels.decode_attention import decode_attention_reference
+
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}  # bf16: the rounding of the output itself
+
+# (seq_lens, num_heads, num_kv_heads, head_dim, page_size, dtype). Lengths cross the 16-key blocks (1, 15, 16,
+# 17, 33, 300); head_dim 80 and 24 are not multiples of 16 (the portable path), 8 the smallest.
+CASES = [
+    ([1, 17, 300], 8, 2, 64, 1, torch.bfloat16),
+    ([16, 15, 33], 8, 2, 64, 16, torch.float32),
+    ([5, 130], 12, 2, 128, 1, torch.bfloat16),
+    ([40, 1, 7], 4, 4, 80, 1, torch.float32),
+    ([64, 2], 6, 3, 24, 16, torch.bfloat16),
+    ([9], 16, 1, 8, 1, torch.float32),
+]
+
+
+@pytest.fixture(scope="module", params=["vectorised", "generic"])
+def kernel(request, tmp_path_factory):
+    return CpuDecodeKernel(tmp_path_factory.mktemp("kernels"), generic=request.param == "generic")
+
+
+def test_build_picks_its_path(kernel, request):
+    with open("/proc/cpuinfo") as f:
+        avx512 = " avx512f" in f.read()
+    assert kernel.vectorised == (request.node.callspec.params["kernel"] == "vectorised" and avx512)
+
+
+@pytest.mark.parametrize("seq_lens,num_heads,num_kv_heads,head_dim,page_size,dtype", CASES)
+def test_matches_reference(kernel, make_pool, gen, rel_err, seq_lens, num_heads, num_kv_heads, head_dim, page_size,
+                           dtype):
+    pool = make_pool(seq_lens, page_size, num_kv_heads, head_dim, dtype)
+    q = torch.randn(len(seq_lens), num_heads, head_dim, generator=gen).to(dtype)
+    out = torch.full_like(q, float("nan"))  # poisoned: every row must be written
+    args = (pool.req_to_token, pool.req_pool_indices, torch.tensor(seq_lens), head_dim ** -0.5)
+    o = kernel(q, pool.k_buf, pool.v_buf, *args, out=out)
+    assert o is out and not o.isnan().any()  # NaN also flags a read of a slot or position outside the request
+    assert rel_err(o, decode_attention_reference(q, pool.k_buf, pool.v_buf, *args)) <= TOLERANCE[dtype]
+
+
+def test_large_scores_do_not_overflow(kernel, make_pool, gen, rel_err):
+    """Scores of ~±500 (softmax concentrated on a few keys): the running max keeps every exp in range."""
+    pool = make_pool([50, 3], 1, 2, 64, torch.float32)
+    q = torch.randn(2, 4, 64, generator=gen) * 60
+    args = (pool.req_to_token, pool.req_pool_indices, torch.tensor([50, 3]), 0.125)
+    o = kernel(q, pool.k_buf, pool.v_buf, *args)
+    assert rel_err(o, decode_attention_reference(q, pool.k_buf, pool.v_buf, *args)) <= 1e-5
+
+
+def _valid_args(gen):
+    k_buf = torch.randn(8, 1, 16, generator=gen)
+    return dict(q=torch.randn(2, 2, 16, generator=gen), k_buf=k_buf, v_buf=k_buf.clone(),
+                req_to_token=torch.arange(8, dtype=torch.int32).view(2, 4), req_pool_indices=torch.tensor([0, 1]),
+                seq_lens=torch.tensor([4, 2]), sm_scale=0.25)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"q": torch.randn(2, 2, 16).half()}, "q: dtype"),
+    ({"q": torch.randn(2, 16, 2).transpose(1, 2)}, "q: must be contiguous"),
+    ({"v_buf": torch.randn(8, 1, 16).bfloat16()}, "v_buf: dtype"),
+    ({"q": torch.randn(2, 3, 16)}, "q: 3 heads over 2 kv heads"),
+    ({"req_to_token": torch.arange(8).view(2, 4)}, "req_to_token: dtype"),
+    ({"seq_lens": torch.tensor([4])}, "seq_lens: expected shape"),
+    ({"seq_lens": torch.tensor([5, 2])}, r"seq_lens: each must be in \[1, 4\]"),
+    ({"seq_lens": torch.tensor([0, 2])}, "seq_lens: each must be in"),
+    ({"req_pool_indices": torch.tensor([0, 2])}, r"req_pool_indices: each must be in \[0, 2\)"),
+])
+def test_rejects_bad_input(kernel, gen, overrides, match):
+    args = {**_valid_args(gen), **overrides}
+    if "k_buf" not in overrides and args["q"].shape[1] == 3:
+        args["k_buf"] = args["v_buf"] = torch.randn(8, 2, 16)
+    with pytest.raises(ValueError, match=match):
+        kernel(**args)
+
+
+def test_build_is_cached_and_fails_clearly(tmp_path, monkeypatch):
+    first = build_library(tmp_path, generic=True)
+    stamp = first.stat().st_mtime_ns
+    assert build_library(tmp_path, generic=True) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
+
+    broken = tmp_path / "broken.c"
+    broken.write_text("int decode_attention(void) { return }\n")
+    monkeypatch.setattr(cpu_kernel, "SOURCE", broken)
+    with pytest.raises(KernelBuildError, match="failed to build broken.c"):
+        build_library(tmp_path / "other")
+    assert not list((tmp_path / "other").iterdir())
+    monkeypatch.setenv("CC", "false")  # runs, but is no compiler
+    with pytest.raises(KernelBuildError, match="no working C compiler 'false'"):
+        build_library(tmp_path / "other")
