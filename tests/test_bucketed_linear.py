@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.models.layers import BucketedLinear, GatedMLP, bucketed_rows, pad_rows
+from engine.models.layers import BucketedLinear, GatedMLP, bucketed_rows, mkldnn_packing, pad_rows, prepack_linears
 
 
 @pytest.mark.parametrize("n,expected", [(1, 1), (8, 8), (9, 16), (16, 16), (17, 32), (256, 256), (257, 320),
@@ -43,3 +43,31 @@ def test_gated_mlp_pads_once_and_slices_back(n):
     gate, up = torch.nn.functional.linear(x, mlp.gate_up_proj.weight).split(24, dim=-1)
     ref = torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, mlp.down_proj.weight)
     torch.testing.assert_close(mlp(x), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not mkldnn_packing(), reason="this torch build has no oneDNN prepacked linear")
+@pytest.mark.parametrize("bias", [True, False])
+def test_prepacked_bf16_weights_give_the_same_rows(bias):
+    torch.manual_seed(1)
+    plain = nn.Linear(96, 80, bias=bias).bfloat16()
+    packed = BucketedLinear(96, 80, bias=bias).bfloat16()
+    packed.load_state_dict(plain.state_dict())
+    assert packed.prepack() and packed.packed is not None
+    assert packed.weight.device.type == "meta" and packed.weight.shape == (80, 96)  # the plain copy is released
+    assert not packed.prepack()  # once
+    for n in (1, 7, 64, 300):
+        x = torch.randn(n, 96).bfloat16()
+        assert torch.equal(packed(x), plain(x))
+
+
+def test_prepack_leaves_other_dtypes_and_tied_weights_alone():
+    fp32 = BucketedLinear(8, 8)
+    assert not fp32.prepack() and fp32.packed is None
+    emb = nn.Embedding(50, 16).bfloat16()
+    head = BucketedLinear(16, 50, bias=False).bfloat16()
+    head.weight = emb.weight  # tied, as in models with tie_word_embeddings
+    before = emb.weight.detach().clone()
+    if prepack_linears(nn.ModuleList([emb, head])) == 1:
+        x = torch.randn(3, 16).bfloat16()
+        assert torch.equal(head(x), torch.nn.functional.linear(x, before))
+    assert torch.equal(emb.weight, before)  # the embedding keeps its table

@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 from engine.config import ModelConfig
+from engine.models.layers import prepack_linears
 from engine.models.llama import LlamaForCausalLM
 from engine.models.qwen2 import Qwen2ForCausalLM
 
@@ -99,6 +100,7 @@ def load_model(path: str, dtype: str = "bfloat16", device: str = "cpu") -> tuple
     model = model.to(torch_dtype)
     rotary.cos_sin = rotary.cos_sin.float()  # keep rotary tables in fp32 whatever the weights' dtype
     model.eval()
+    prepack_linears(model)  # bf16 on CPU only
     return model, cfg
 
 
