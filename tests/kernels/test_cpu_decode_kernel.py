@@ -10,12 +10,16 @@ from engine.kernels.decode_attention import decode_attention_reference
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}  # bf16: the rounding of the output itself
 
 # (seq_lens, num_heads, num_kv_heads, head_dim, page_size, dtype). Lengths cross the 16-key blocks (1, 15, 16,
-# 17, 33, 300); head_dim 80 and 24 are not multiples of 16 (the portable path), 8 the smallest.
+# 17, 33, 300). The vectorised build takes bf16 with head_dim 64/128 and <= 8 heads per kv head through its
+# specialised copies (bf16 dot products where the CPU has them: head_dim % 32 == 0), other multiples of 16 through
+# the general one (80: fp32 products; 96 with 12 heads per kv head: bf16 dots), and 24 or 8 through the portable loop.
 CASES = [
     ([1, 17, 300], 8, 2, 64, 1, torch.bfloat16),
     ([16, 15, 33], 8, 2, 64, 16, torch.float32),
     ([5, 130], 12, 2, 128, 1, torch.bfloat16),
     ([40, 1, 7], 4, 4, 80, 1, torch.float32),
+    ([40, 1, 7], 3, 1, 80, 1, torch.bfloat16),
+    ([23, 70], 12, 1, 96, 16, torch.bfloat16),
     ([64, 2], 6, 3, 24, 16, torch.bfloat16),
     ([9], 16, 1, 8, 1, torch.float32),
 ]

@@ -153,16 +153,25 @@ static inline __attribute__((always_inline)) void attend_avx512(
         const char *q, const char *k_pool, const char *v_pool, const int32_t *slots, int64_t n, char *out,
         int64_t kh, int64_t KVH, int64_t G, int64_t D, float scale, int is_bf16) {
     const int64_t esz = is_bf16 ? 2 : 4, row_bytes = KVH * D * esz, C = D / 16;
-    __m512 qf[MAX_G * MAX_D / 16], acc[MAX_G * MAX_D / 16], part[16];
+    /* bf16 with AVX512_BF16: scores by vdpbf16ps on the raw rows (pairs of products summed in fp32; no
+     * conversion), the scale applied to the summed scores; otherwise fp32 FMAs on converted rows, q pre-scaled */
+#ifdef __AVX512BF16__
+    const int dot_bf16 = is_bf16 && D % 32 == 0;
+#else
+    const int dot_bf16 = 0;
+#endif
+    __m512 qf[MAX_G * MAX_D / 16], acc[MAX_G * MAX_D / 16], part[MAX_G][16];
     float m[MAX_G], l[MAX_G], p[MAX_G][16];
     for (int64_t g = 0; g < G; ++g) {
         for (int64_t c = 0; c < C; ++c) {
-            qf[g * C + c] = _mm512_mul_ps(load16(q + (g * D + c * 16) * esz, is_bf16), _mm512_set1_ps(scale));
+            qf[g * C + c] = dot_bf16 ? _mm512_castsi512_ps(_mm512_loadu_si512(q + (g * D + c * 32) * esz))
+                                     : _mm512_mul_ps(load16(q + (g * D + c * 16) * esz, is_bf16), _mm512_set1_ps(scale));
             acc[g * C + c] = _mm512_setzero_ps();
         }
         m[g] = -FLT_MAX;
         l[g] = 0.0f;
     }
+    const __m512 score_scale = _mm512_set1_ps(dot_bf16 ? scale : 1.0f);
     const char *krow[16], *vrow[16];
     for (int64_t t0 = 0; t0 < n; t0 += 16) {
         const int64_t nb = n - t0 < 16 ? n - t0 : 16;
@@ -179,14 +188,34 @@ static inline __attribute__((always_inline)) void attend_avx512(
                 _mm_prefetch(v_pool + off + b, _MM_HINT_T0);
             }
         }
-        for (int64_t g = 0; g < G; ++g) {
-            for (int64_t j = 0; j < 16; ++j) {
-                __m512 a = _mm512_setzero_ps();
-                if (j < nb)
-                    for (int64_t c = 0; c < C; ++c) a = _mm512_fmadd_ps(qf[g * C + c], load16(krow[j] + c * 16 * esz, is_bf16), a);
-                part[j] = a;
+        for (int64_t j = 0; j < 16; ++j) { /* each K row is loaded once for all G heads */
+            if (j >= nb) {
+                for (int64_t g = 0; g < G; ++g) part[g][j] = _mm512_setzero_ps();
+                continue;
             }
-            const __m512 sc = sum16(part);
+            if (dot_bf16) {
+#ifdef __AVX512BF16__
+                __m512i k2[MAX_D / 32];
+                for (int64_t c = 0; c < D / 32; ++c) k2[c] = _mm512_loadu_si512(krow[j] + c * 64);
+                for (int64_t g = 0; g < G; ++g) {
+                    __m512 a = _mm512_setzero_ps();
+                    for (int64_t c = 0; c < D / 32; ++c)
+                        a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_castps_si512(qf[g * C + c]), (__m512bh)k2[c]);
+                    part[g][j] = a;
+                }
+#endif
+            } else {
+                __m512 kc[MAX_D / 16];
+                for (int64_t c = 0; c < C; ++c) kc[c] = load16(krow[j] + c * 16 * esz, is_bf16);
+                for (int64_t g = 0; g < G; ++g) {
+                    __m512 a = _mm512_mul_ps(qf[g * C], kc[0]);
+                    for (int64_t c = 1; c < C; ++c) a = _mm512_fmadd_ps(qf[g * C + c], kc[c], a);
+                    part[g][j] = a;
+                }
+            }
+        }
+        for (int64_t g = 0; g < G; ++g) {
+            const __m512 sc = _mm512_mul_ps(sum16(part[g]), score_scale);
             const float mx_blk = _mm512_mask_reduce_max_ps(valid, sc);
             const float mx = mx_blk > m[g] ? mx_blk : m[g];
             const __m512 pr = _mm512_maskz_mov_ps(valid, exp16_nonpos(_mm512_sub_ps(sc, _mm512_set1_ps(mx))));
@@ -210,6 +239,21 @@ static inline __attribute__((always_inline)) void attend_avx512(
         store_row(out + g * D * esz, row, 1.0f / l[g], D, is_bf16);
     }
 }
+
+#define ATTEND_CASE(g, d) \
+    case g: attend_avx512(q, k_pool, v_pool, slots, n, out, kh, KVH, g, d, scale, 1); return;
+
+static void attend_bf16_specialised(const char *q, const char *k_pool, const char *v_pool, const int32_t *slots,
+                                    int64_t n, char *out, int64_t kh, int64_t KVH, int64_t G, int64_t D, float scale) {
+    if (D == 64) {
+        switch (G) { ATTEND_CASE(1, 64) ATTEND_CASE(2, 64) ATTEND_CASE(3, 64) ATTEND_CASE(4, 64)
+                     ATTEND_CASE(5, 64) ATTEND_CASE(6, 64) ATTEND_CASE(7, 64) ATTEND_CASE(8, 64) }
+    } else {
+        switch (G) { ATTEND_CASE(1, 128) ATTEND_CASE(2, 128) ATTEND_CASE(3, 128) ATTEND_CASE(4, 128)
+                     ATTEND_CASE(5, 128) ATTEND_CASE(6, 128) ATTEND_CASE(7, 128) ATTEND_CASE(8, 128) }
+    }
+    attend_avx512(q, k_pool, v_pool, slots, n, out, kh, KVH, G, D, scale, 1);
+}
 #endif
 
 /* The entry point: returns 0, or -1 when a limit is exceeded (the wrapper checks them first). */
@@ -226,11 +270,10 @@ int decode_attention(const void *q, const void *k_pool, const void *v_pool, cons
         char *ob = (char *)out + head0;
         const int32_t *slots = table + rows[b] * table_stride;
 #ifdef HAVE_AVX512
-        /* constant head dims and dtypes let the compiler unroll the row loops into whole registers */
-        if (D == 64 && is_bf16)
-            attend_avx512(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, 64, scale, 1);
-        else if (D == 128 && is_bf16)
-            attend_avx512(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, 128, scale, 1);
+        /* constant head dims, group sizes and dtypes let the compiler unroll the loops over heads and row chunks,
+         * keeping q and the accumulators in registers */
+        if (is_bf16 && (D == 64 || D == 128) && G <= 8)
+            attend_bf16_specialised(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, D, scale);
         else if (D % 16 == 0)
             attend_avx512(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, D, scale, is_bf16);
         else
