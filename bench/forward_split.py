@@ -4,6 +4,7 @@
     python -m bench.forward_split random [--model bench] [--num-prompts 64] [--concurrency 16] [--input-len 256]
         [--output-len 32] [--seed 1] [--no-enable-mixed-chunk]
     python -m bench.forward_split decode [--model bench] [--batch 8] [--context 1000] [--new-tokens 48]
+        [--attention-backend auto|cpu|torch]
 
 Every ModelRunner.forward in this process is timed (CPU ops are synchronous), with its step's request count and
 tokens (extend: new prompt tokens; decode: one per request). `logparse` runs bench.logparse unchanged under the
@@ -141,11 +142,12 @@ def run_decode(argv: list[str]) -> float:
     ap.add_argument("--context", type=int, default=1000)
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attention-backend", default="auto", help="as the engine's flag (auto: cpu on CPU)")
     a = ap.parse_args(argv)
     rng = random.Random(a.seed)
     sp = {"max_new_tokens": a.new_tokens, "ignore_eos": True, "temperature": 0}
     with Engine(model_path=resolve_model(a.model), kv_cache_tokens=4 * a.batch * (a.context + a.new_tokens),
-                max_running_requests=a.batch) as eng, ForwardSplit() as split:
+                max_running_requests=a.batch, attention_backend=a.attention_backend) as eng, ForwardSplit() as split:
         vocab = len(eng.tokenizer)
         for _ in range(2):  # a warm-up round first: its shapes build oneDNN primitives
             split.reset()
