@@ -116,7 +116,8 @@ def build_requests(tokenizer, data: str, system: str, limit: int | None, output_
 
 def run_closed_loop(engine, icls: list[dict], sps: list[dict], records: list[RequestRecord], concurrency: int,
                     desc: str) -> float:
-    """Serve every request with `concurrency` in flight; fill the records in place; return the wall time."""
+    """Serve every request with `concurrency` in flight; fill the records in place; return the wall time. A request
+    the engine refuses with ValueError (a prompt longer than the model's context, say) is recorded as rejected."""
     lock = threading.Lock()
     pending = iter(range(len(icls)))
     errors: list[BaseException] = []
@@ -127,11 +128,18 @@ def run_closed_loop(engine, icls: list[dict], sps: list[dict], records: list[Req
         rec = records[i]
         rec.submit_s = time.perf_counter() - start
         last = None
-        for chunk in engine.generate(icl=icls[i], sampling_params=sps[i], stream=True):
-            if math.isnan(rec.first_token_s) and chunk["meta_info"]["completion_tokens"] > 0:
-                rec.first_token_s = time.perf_counter() - start
-            last = chunk
+        try:
+            for chunk in engine.generate(icl=icls[i], sampling_params=sps[i], stream=True):
+                if math.isnan(rec.first_token_s) and chunk["meta_info"]["completion_tokens"] > 0:
+                    rec.first_token_s = time.perf_counter() - start
+                last = chunk
+        except ValueError as e:  # refused at submission (e.g. longer than the context): count it, serve the rest
+            if last is not None:
+                raise
+            rec.rejected = str(e)
         rec.end_s = time.perf_counter() - start
+        if rec.rejected:
+            return
         meta = last["meta_info"]
         if meta["finish_reason"]["type"] == "abort":
             raise RuntimeError(f"request {i} aborted: {meta['finish_reason']}")

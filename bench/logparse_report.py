@@ -50,6 +50,7 @@ class RequestRecord:
     completion_tokens: int = 0
     icl_order: list[int] = field(default_factory=list)
     icl_substituted: int = 0
+    rejected: str = ""  # the engine's error when it refused the request at submission
 
     @property
     def latency_s(self) -> float:
@@ -71,7 +72,7 @@ class RequestRecord:
         return {"index": self.index, "line": self.line, "submit_s": self.submit_s,
                 "first_token_s": self.first_token_s, "end_s": self.end_s, "prompt_tokens": self.prompt_tokens,
                 "cached_tokens": self.cached_tokens, "completion_tokens": self.completion_tokens,
-                "icl_order": self.icl_order, "icl_substituted": self.icl_substituted}
+                "icl_order": self.icl_order, "icl_substituted": self.icl_substituted, "rejected": self.rejected}
 
 
 class RefineAudit:
@@ -123,8 +124,13 @@ def _ratio(num: float, den: float) -> float:
 
 def summarize(records: list[RequestRecord], wall_s: float, prefill_tokens_computed: int, evicted_tokens: int,
               audit_violations: int) -> dict:
-    """The per-run metrics listed in the module docstring, plus a few counts that explain them."""
+    """The per-run metrics listed in the module docstring, plus a few counts that explain them; requests the engine
+    rejected are counted (`rejected`) and left out of every other metric."""
     assert records and all(not math.isnan(r.end_s) for r in records), "summarize needs finished requests"
+    rejected = sum(1 for r in records if r.rejected)
+    records = [r for r in records if not r.rejected]
+    if not records:
+        raise ValueError(f"all {rejected} requests were rejected by the engine")
     prompt = sum(r.prompt_tokens for r in records)
     cached = sum(r.cached_tokens for r in records)
     ceiling = sum(r.ceiling_tokens for r in records)
@@ -135,6 +141,7 @@ def summarize(records: list[RequestRecord], wall_s: float, prefill_tokens_comput
     accuracy = evaluate(preds, [r.template for r in records])
     return {
         "requests": len(records),
+        "rejected": rejected,
         "wall_s": wall_s,
         "throughput_rps": _ratio(len(records), wall_s),
         "mean_latency_s": float(latencies.mean()),
@@ -155,7 +162,7 @@ def summarize(records: list[RequestRecord], wall_s: float, prefill_tokens_comput
 
 
 TABLE_COLUMNS = (
-    ("system", "{}"), ("variant", "{}"), ("requests", "{}"), ("throughput_rps", "{:.2f}"),
+    ("system", "{}"), ("variant", "{}"), ("requests", "{}"), ("rejected", "{}"), ("throughput_rps", "{:.2f}"),
     ("speedup_vs_nocache", "{:.2f}x"), ("mean_latency_s", "{:.2f}"), ("p95_latency_s", "{:.2f}"),
     ("p95_ttft_s", "{:.2f}"), ("token_hit_rate", "{:.3f}"), ("ceiling_hit_rate", "{:.3f}"),
     ("prefill_tokens_computed", "{}"), ("GA", "{:.2f}"), ("PA", "{:.2f}"), ("template_multiset_preserved", "{}"),

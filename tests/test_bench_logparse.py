@@ -98,3 +98,29 @@ def test_variant_parsing_and_pool_sizes():
     assert pool_tokens(Variant("native", "1p"), records, [10] * 4, 2, 10**9) == 411  # never below one request
     assert pool_tokens(Variant("none", "ample"), records, [10] * 4, 2, 10**9) == 1000 + 40 + 2 * 411
     assert pool_tokens(Variant("none", "ample"), records, [10] * 4, 2, 500) == 500
+
+
+def test_requests_the_engine_refuses_are_counted_and_left_out():
+    """A prompt longer than the model's context is refused at submission (ValueError): the run goes on, and the
+    summary counts it as rejected instead of serving it or failing the run."""
+    from bench.logparse import run_closed_loop
+    from bench.logparse_report import summarize
+
+    class FakeEngine:
+        def generate(self, icl, sampling_params, stream):
+            if icl["query"] == "too long":
+                raise ValueError("icl: 5090 tokens do not fit the context length 4096")
+            meta = {"completion_tokens": 1, "finish_reason": {"type": "length"}, "prompt_tokens": 10,
+                    "cached_tokens": 4, "icl_order": [0], "icl_substituted": 0}
+            yield {"text": "`a <*>`", "meta_info": meta}
+
+    queries = ["a 1", "too long", "a 2"]
+    records = [RequestRecord(i, i, q, "a <*>", 1, 2, 3, prompt_tokens=10) for i, q in enumerate(queries)]
+    wall = run_closed_loop(FakeEngine(), [{"query": q} for q in queries], [{}] * 3, records, 2, "test")
+    assert [bool(r.rejected) for r in records] == [False, True, False]
+    assert "context length" in records[1].rejected and records[1].trace()["rejected"] == records[1].rejected
+    row = summarize(records, wall, 12, 0, 0)
+    assert row["requests"] == 2 and row["rejected"] == 1
+    assert row["prompt_tokens_total"] == 20 and row["token_hit_rate"] == 0.4 and row["GA"] == 1.0
+    with pytest.raises(ValueError, match="all 1 requests were rejected"):
+        summarize(records[1:2], wall, 0, 0, 0)
