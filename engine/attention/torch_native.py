@@ -1,5 +1,7 @@
-"""Torch-native attention (the CPU default): SDPA per extend request; the decode requests in batched matmuls, shared
-cached prefixes attended once per group (engine/attention/torch_decode.py). A MIXED step runs both parts."""
+"""Torch-native attention (`--attention-backend torch`): SDPA per extend request; the decode requests in batched
+matmuls, shared cached prefixes attended once per group (engine/attention/torch_decode.py). A MIXED step runs both
+parts. It is the CPU fallback where no C compiler can build the `cpu` backend's decode kernel, and that backend's
+extend path."""
 from __future__ import annotations
 
 import torch

@@ -6,9 +6,11 @@
  * accumulator are fp32; bf16 tensors are read and written as raw uint16 (round to nearest even on output).
  *
  * Work is one (request, kv head) pair per task, split over the OpenMP threads (torch's own libgomp when loaded
- * into a torch process, so one thread pool serves both). Keys go in blocks of BLK with an online softmax: each K
- * and V row is read once from the pool, instead of being gathered into a padded copy and read again; requests
- * that share a cached prefix read the same rows, which then come from cache rather than memory.
+ * into a torch process, so one thread pool serves both). Keys go in blocks (16 in the AVX-512 path, BLK in the
+ * portable loop) with an online softmax: each K and V row is read once from the pool, for all query heads of its
+ * kv head, instead of being gathered into a padded copy and read again; requests that share a cached prefix read
+ * the same rows, which then come from cache rather than memory. With AVX512_BF16, bf16 scores are vdpbf16ps dot
+ * products of the raw rows (exact bf16 products, fp32 sums), as a bf16 matmul computes them.
  */
 #include <float.h>
 #include <stdint.h>
