@@ -90,7 +90,8 @@ class CpuDecodeKernel:
         self._lib = ctypes.CDLL(str(self.path))
         fn = self._lib.decode_attention
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        fn.argtypes = [ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_float, ctypes.c_int]
+        fn.argtypes = [ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_float, ctypes.c_int,
+                       ctypes.c_int]
         fn.restype = ctypes.c_int
         self._fn = fn
         self.max_head_dim = int(self._lib.decode_attention_max_head_dim())
@@ -133,6 +134,7 @@ class CpuDecodeKernel:
             raise ValueError(f"req_pool_indices: each must be in [0, {req_to_token.shape[0]})")
         rc = self._fn(q.data_ptr(), k_buf.data_ptr(), v_buf.data_ptr(), req_to_token.data_ptr(),
                       req_to_token.stride(0), req_pool_indices.data_ptr(), seq_lens.data_ptr(), out.data_ptr(),
-                      batch, num_heads, num_kv_heads, head_dim, float(sm_scale), int(q.dtype == torch.bfloat16))
+                      batch, num_heads, num_kv_heads, head_dim, float(sm_scale), int(q.dtype == torch.bfloat16),
+                      torch.get_num_threads())  # torch's intra-op setting (--num-threads) holds for the kernel too
         assert rc == 0, "decode_attention rejected shapes that passed the wrapper's checks"
         return out

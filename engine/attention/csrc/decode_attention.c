@@ -258,13 +258,15 @@ static void attend_bf16_specialised(const char *q, const char *k_pool, const cha
 }
 #endif
 
-/* The entry point: returns 0, or -1 when a limit is exceeded (the wrapper checks them first). */
+/* The entry point: returns 0, or -1 when a limit is exceeded (the wrapper checks them first); runs on
+ * num_threads OpenMP threads. */
 int decode_attention(const void *q, const void *k_pool, const void *v_pool, const int32_t *table,
                      int64_t table_stride, const int64_t *rows, const int64_t *seq_lens, void *out, int64_t B,
-                     int64_t H, int64_t KVH, int64_t D, float scale, int is_bf16) {
+                     int64_t H, int64_t KVH, int64_t D, float scale, int is_bf16, int num_threads) {
     if (D > MAX_D || H % KVH != 0 || H / KVH > MAX_G) return -1;
     const int64_t G = H / KVH, esz = is_bf16 ? 2 : 4;
-#pragma omp parallel for schedule(dynamic, 1)
+    /* the caller's thread count: OpenMP settings are per thread, and torch's may not reach the engine's thread */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads > 0 ? num_threads : 1)
     for (int64_t task = 0; task < B * KVH; ++task) {
         const int64_t b = task / KVH, kh = task % KVH;
         const int64_t head0 = (b * H + kh * G) * D * esz;
