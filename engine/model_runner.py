@@ -4,9 +4,12 @@ from __future__ import annotations
 import torch
 
 from engine.attention.base import ForwardBatch, create_backend
+from engine.attention.cpu_backend import CpuBackend
 from engine.config import ModelConfig, ServerArgs
 from engine.cpu_runtime import keep_freed_memory
 from engine.memory import KVPool, plan_kv_slots
+from engine.models.cpu_rmsnorm import CpuRMSNorm
+from engine.models.layers import use_rmsnorm_kernel
 from engine.models.loader import DTYPES, load_model
 from engine.sampling import SamplingBatch, sample
 from engine.scheduler.batch import ScheduledBatch
@@ -32,6 +35,8 @@ class ModelRunner:
         self.req_to_token = torch.zeros((self.max_reqs, self.context_len), dtype=torch.int32, device=args.device)
         self.attn_backend = create_backend(args.attention_backend, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                                            args.device)
+        if isinstance(self.attn_backend, CpuBackend):  # its compiler builds the CPU RMSNorm too
+            use_rmsnorm_kernel(self.model, CpuRMSNorm())
         self.sm_scale = cfg.head_dim ** -0.5
 
     def _tensor(self, data: list[int], dtype=torch.int64) -> torch.Tensor:

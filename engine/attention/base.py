@@ -65,7 +65,8 @@ def create_backend(name: str, num_heads: int, num_kv_heads: int, head_dim: int, 
         if device.startswith("cuda"):
             raise ValueError("attention_backend: cpu runs only on CPU devices")
         from engine.attention.cpu_backend import CpuBackend
-        from engine.attention.cpu_kernel import CpuDecodeKernel, KernelBuildError
+        from engine.attention.cpu_kernel import CpuDecodeKernel
+        from engine.cpu_build import KernelBuildError
 
         try:
             return CpuBackend(CpuDecodeKernel(), num_heads, num_kv_heads, head_dim)

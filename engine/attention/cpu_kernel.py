@@ -1,9 +1,7 @@
 """The compiled CPU decode-attention kernel (engine/attention/csrc/decode_attention.c): build, load, call.
 
-The C source is compiled once per machine with the system C compiler (`$CC`, else `cc`) for the host CPU
-(`-march=native`; AVX-512 registers when the CPU has them, a generic loop otherwise) into a shared library cached
-under `cache_dir` by a hash of the source, flags, compiler and CPU, so a second process loads it in milliseconds.
-It is called through ctypes (which releases the GIL) on the tensors' memory, in place: no copies, no gathers.
+The C source is compiled once per machine by engine/cpu_build.py for the host CPU (AVX-512 registers when the CPU
+has them, a portable loop otherwise). It is called through ctypes (which releases the GIL) on the tensors' memory, in place: no copies, no gathers.
 
 Contract of `CpuDecodeKernel.__call__` (the layouts of engine.kernels.decode_attention, which holds the torch
 reference `decode_attention_reference` of the same contract):
@@ -16,77 +14,22 @@ reference `decode_attention_reference` of the same contract):
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from engine.cpu_build import build_library
 from engine.kernels import check_shape, check_tensor
 
 SOURCE = Path(__file__).parent / "csrc" / "decode_attention.c"
-CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno-math-errno",
-          "-fno-trapping-math", "-ffp-contract=fast", "-shared", "-fPIC")
 KERNEL_DTYPES = (torch.bfloat16, torch.float32)
-
-
-class KernelBuildError(RuntimeError):
-    """The C compiler is missing or failed; the message carries its output."""
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pairserve" / "kernels"
-
-
-def _cpu_signature() -> str:
-    """What -march=native compiles for: the CPU model and its flags (a shared home dir may span machines)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = [ln for ln in f if ln.startswith(("model name", "flags"))]
-        return "".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
-def build_library(cache_dir: Path | None = None, generic: bool = False) -> Path:
-    """Compile SOURCE (once per source/flags/compiler/CPU) and return the shared library's path.
-    `generic` builds the portable loop only (the vectorised path is compiled out), for tests."""
-    cc = os.environ.get("CC", "cc")
-    flags = CFLAGS + (("-DDA_GENERIC",) if generic else ())
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise KernelBuildError(f"no working C compiler {cc!r} ({e}); set CC or use --attention-backend torch") from e
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
-                                     _cpu_signature().encode()])).hexdigest()[:20]
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    lib = cache_dir / f"decode_attention-{key}.so"
-    if lib.exists():
-        return lib
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir)  # compile beside, then rename: racing builds are safe
-    os.close(fd)
-    try:
-        done = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise KernelBuildError(f"{cc} failed to build {SOURCE.name}:\n{done.stderr.strip()}")
-        os.replace(tmp, lib)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return lib
 
 
 class CpuDecodeKernel:
     """The loaded library; call it like engine.kernels.decode_attention.decode_attention (see module doc)."""
 
     def __init__(self, cache_dir: Path | None = None, generic: bool = False):
-        self.path = build_library(cache_dir, generic)
+        self.path = build_library(SOURCE, cache_dir, ("DA_GENERIC",) if generic else ())
         self._lib = ctypes.CDLL(str(self.path))
         fn = self._lib.decode_attention
         i64, ptr = ctypes.c_int64, ctypes.c_void_p

@@ -200,3 +200,12 @@ def use_triton_kernels(model: nn.Module, enabled: bool = True) -> int:
             module.kernel = rotary_kernel
             switched += 1
     return switched
+
+
+def use_rmsnorm_kernel(model: nn.Module, kernel: Callable | None) -> int:
+    """Route every RMSNorm of `model` through `kernel` (the rmsnorm contract of engine/kernels/rmsnorm.py; None:
+    torch ops); return how many were switched. The `cpu` backend's models use engine/models/cpu_rmsnorm.py."""
+    norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
+    for m in norms:
+        m.kernel = kernel
+    return len(norms)

@@ -6,8 +6,7 @@ import shutil
 import pytest
 import torch
 
-from engine.attention import cpu_kernel
-from engine.attention.cpu_kernel import CpuDecodeKernel, KernelBuildError, build_library
+from engine.attention.cpu_kernel import CpuDecodeKernel
 from engine.kernels.decode_attention import decode_attention_reference
 
 # Users without a C compiler get the torch backend (tests/test_attention_backends.py checks that fallback).
@@ -87,20 +86,3 @@ def test_rejects_bad_input(kernel, gen, overrides, match):
         args["k_buf"] = args["v_buf"] = torch.randn(8, 2, 16)
     with pytest.raises(ValueError, match=match):
         kernel(**args)
-
-
-def test_build_is_cached_and_fails_clearly(tmp_path, monkeypatch):
-    first = build_library(tmp_path, generic=True)
-    stamp = first.stat().st_mtime_ns
-    assert build_library(tmp_path, generic=True) == first and first.stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
-
-    broken = tmp_path / "broken.c"
-    broken.write_text("int decode_attention(void) { return }\n")
-    monkeypatch.setattr(cpu_kernel, "SOURCE", broken)
-    with pytest.raises(KernelBuildError, match="failed to build broken.c"):
-        build_library(tmp_path / "other")
-    assert not list((tmp_path / "other").iterdir())
-    monkeypatch.setenv("CC", "false")  # runs, but is no compiler
-    with pytest.raises(KernelBuildError, match="no working C compiler 'false'"):
-        build_library(tmp_path / "other")
