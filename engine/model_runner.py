@@ -8,6 +8,7 @@ from engine.attention.cpu_backend import CpuBackend
 from engine.config import ModelConfig, ServerArgs
 from engine.cpu_runtime import keep_freed_memory
 from engine.memory import KVPool, plan_kv_slots
+from engine.models.cpu_rmsnorm import DTYPES as RMSNORM_DTYPES
 from engine.models.cpu_rmsnorm import CpuRMSNorm
 from engine.models.layers import use_rmsnorm_kernel
 from engine.models.loader import DTYPES, load_model
@@ -35,7 +36,7 @@ class ModelRunner:
         self.req_to_token = torch.zeros((self.max_reqs, self.context_len), dtype=torch.int32, device=args.device)
         self.attn_backend = create_backend(args.attention_backend, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                                            args.device)
-        if isinstance(self.attn_backend, CpuBackend):  # its compiler builds the CPU RMSNorm too
+        if isinstance(self.attn_backend, CpuBackend) and dtype in RMSNORM_DTYPES:  # its compiler builds this too
             use_rmsnorm_kernel(self.model, CpuRMSNorm())
         self.sm_scale = cfg.head_dim ** -0.5
 

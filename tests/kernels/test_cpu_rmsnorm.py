@@ -57,11 +57,13 @@ def test_rejects_bad_input(kernel, args, match):
         kernel(**call)
 
 
-@pytest.mark.parametrize("backend,uses_kernel", [("cpu", True), ("torch", False)])
-def test_cpu_backend_models_use_it(tiny_model_dir, make_engine, backend, uses_kernel):
+@pytest.mark.parametrize("backend,dtype,uses_kernel", [("cpu", "float32", True), ("torch", "float32", False),
+                                                      ("cpu", "float16", False)])
+def test_cpu_backend_models_use_it(tiny_model_dir, make_engine, backend, dtype, uses_kernel):
+    """On the cpu backend every RMSNorm runs the kernel, except in dtypes it does not take (fp16 keeps torch)."""
     from engine.models.layers import RMSNorm
 
-    eng = make_engine(tiny_model_dir, attention_backend=backend)
+    eng = make_engine(tiny_model_dir, attention_backend=backend, dtype=dtype)
     norms = [m for m in eng.loop.runner.model.modules() if isinstance(m, RMSNorm)]
     assert norms and all(isinstance(m.kernel, CpuRMSNorm) == uses_kernel for m in norms)
     out = eng.generate(input_ids=[5, 6, 7, 8], sampling_params={"max_new_tokens": 3, "temperature": 0})
