@@ -30,7 +30,9 @@ class CpuBackend(TorchNativeBackend):
         dtype = fb.kv_pool.get_kv(0)[0].dtype
         if not self.kernel.supports(dtype, self.num_heads, self.num_kv_heads, self.head_dim):
             return super()._plan_decode(fb, lo)
-        return KernelDecodePlan(fb.req_pool_indices[lo:].contiguous(), fb.seq_lens[lo:].contiguous())
+        plan = KernelDecodePlan(fb.req_pool_indices[lo:].contiguous(), fb.seq_lens[lo:].contiguous())
+        self.kernel.check_indices(fb.req_to_token, plan.rows, plan.seq_lens)  # once per step, not per layer
+        return plan
 
     def _decode(self, q, k_buf, v_buf, fb: ForwardBatch) -> torch.Tensor:
         plan = self._decode_meta
@@ -38,4 +40,4 @@ class CpuBackend(TorchNativeBackend):
             return super()._decode(q, k_buf, v_buf, fb)
         n, h, d = q.shape
         return self.kernel(q.contiguous(), k_buf, v_buf, fb.req_to_token, plan.rows, plan.seq_lens,
-                           fb.sm_scale).view(n, h * d)
+                           fb.sm_scale, indices_checked=True).view(n, h * d)

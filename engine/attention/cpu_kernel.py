@@ -1,7 +1,8 @@
 """The compiled CPU decode-attention kernel (engine/attention/csrc/decode_attention.c): build, load, call.
 
 The C source is compiled once per machine by engine/cpu_build.py for the host CPU (AVX-512 registers when the CPU
-has them, a portable loop otherwise). It is called through ctypes (which releases the GIL) on the tensors' memory, in place: no copies, no gathers.
+has them, a portable loop otherwise). It is called through ctypes (which releases the GIL) on the tensors' memory,
+in place: no copies, no gathers.
 
 Contract of `CpuDecodeKernel.__call__` (the layouts of engine.kernels.decode_attention, which holds the torch
 reference `decode_attention_reference` of the same contract):
@@ -45,9 +46,21 @@ class CpuDecodeKernel:
         return (dtype in KERNEL_DTYPES and num_heads % num_kv_heads == 0 and head_dim <= self.max_head_dim
                 and num_heads // num_kv_heads <= self.max_group)
 
+    @staticmethod
+    def check_indices(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor) -> None:
+        """ValueError unless every row and length is inside req_to_token: the kernel reads memory by these values."""
+        if seq_lens.numel() == 0:
+            return
+        if int(seq_lens.min()) < 1 or int(seq_lens.max()) > req_to_token.shape[1]:
+            raise ValueError(f"seq_lens: each must be in [1, {req_to_token.shape[1]}]")
+        if int(req_pool_indices.min()) < 0 or int(req_pool_indices.max()) >= req_to_token.shape[0]:
+            raise ValueError(f"req_pool_indices: each must be in [0, {req_to_token.shape[0]})")
+
     def __call__(self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, req_to_token: torch.Tensor,
                  req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+                 out: torch.Tensor | None = None, indices_checked: bool = False) -> torch.Tensor:
+        """`indices_checked`: the caller ran check_indices on these index tensors already (once per step serves
+        every layer)."""
         cpu = torch.device("cpu")
         check_tensor("q", q, ndim=3, dtypes=KERNEL_DTYPES, device=cpu, contiguous=True)
         batch, num_heads, head_dim = q.shape
@@ -70,11 +83,8 @@ class CpuDecodeKernel:
         check_shape("out", out, tuple(q.shape))
         if batch == 0:
             return out
-        # the kernel reads memory by these values: out of range would read outside the tensors
-        if int(seq_lens.min()) < 1 or int(seq_lens.max()) > req_to_token.shape[1]:
-            raise ValueError(f"seq_lens: each must be in [1, {req_to_token.shape[1]}]")
-        if int(req_pool_indices.min()) < 0 or int(req_pool_indices.max()) >= req_to_token.shape[0]:
-            raise ValueError(f"req_pool_indices: each must be in [0, {req_to_token.shape[0]})")
+        if not indices_checked:
+            self.check_indices(req_to_token, req_pool_indices, seq_lens)
         rc = self._fn(q.data_ptr(), k_buf.data_ptr(), v_buf.data_ptr(), req_to_token.data_ptr(),
                       req_to_token.stride(0), req_pool_indices.data_ptr(), seq_lens.data_ptr(), out.data_ptr(),
                       batch, num_heads, num_kv_heads, head_dim, float(sm_scale), int(q.dtype == torch.bfloat16),
