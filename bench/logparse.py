@@ -75,8 +75,10 @@ def parse_variants(spec: str, default_pool: str) -> list[Variant]:
 def kv_bytes_per_token(path: str, dtype: str) -> int:
     from engine.config import ModelConfig
 
+    from engine.models.loader import resolve_dtype
+
     cfg = ModelConfig.from_hf(path)
-    elem = 4 if dtype == "float32" else 2
+    elem = 4 if resolve_dtype(dtype) == "float32" else 2
     return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * elem
 
 
@@ -208,7 +210,7 @@ def parse_args(argv):
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--output-len", default="oracle", help="oracle | model | N")
     ap.add_argument("--model", default="bench", help="bench (random 31M Qwen2) | demo | checkpoint dir")
-    ap.add_argument("--dtype", default="bfloat16", choices=DTYPES)
+    ap.add_argument("--dtype", default="auto", choices=DTYPES)
     ap.add_argument("--kv-cache-tokens", type=int, default=None)
     ap.add_argument("--ample-kv-gb", type=float, default=1.5, help="cap on an 'ample' pool's KV memory")
     ap.add_argument("--disable-radix-cache", action="store_true")

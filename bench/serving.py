@@ -55,7 +55,8 @@ def parse_rate(text: str) -> float:
 def add_workload_args(ap: argparse.ArgumentParser) -> None:
     """The flags bench.serving and bench.compare share: model, dataset, arrivals."""
     ap.add_argument("--model", default="bench", help="bench (random 31M Qwen2) | demo | checkpoint dir")
-    ap.add_argument("--dtype", default="bfloat16", help="for the servers this launches and for hf")
+    ap.add_argument("--dtype", default="auto", help="for the servers this launches and for hf (auto: bfloat16 where "
+                    "the CPU computes it natively, else float32)")
     ap.add_argument("--dataset", default="random", choices=DATASETS)
     ap.add_argument("--data", default=None, help="loghub: the Loghub-2k directory")
     ap.add_argument("--systems", default="all", help="loghub: comma-separated systems, or all")

@@ -41,9 +41,12 @@ class _StepClock:
 class HFBackend:
     notes = (NOTE,)
 
-    def __init__(self, model_path: str, dtype: str = "bfloat16"):
+    def __init__(self, model_path: str, dtype: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from engine.models.loader import resolve_dtype
+
+        dtype = resolve_dtype(dtype) if dtype == "auto" else dtype  # the same dtype pairserve's "auto" serves in
         if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
             raise ValueError(f"--dtype: not a torch dtype: {dtype!r}")
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()

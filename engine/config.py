@@ -16,7 +16,7 @@ from engine.radix_cache.eviction import eviction_policy_names
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 EVICTION_POLICIES = ("lru", "lfu", "segment")  # the built-ins; more via register_eviction_policy
 ATTENTION_BACKENDS = ("auto", "cpu", "torch", "triton", "flashinfer")
-DTYPES = ("bfloat16", "float32", "float16")
+DTYPES = ("auto", "bfloat16", "float32", "float16")  # auto: engine.models.loader.resolve_dtype
 PAIR_POLICIES = ("none", "table", "native")
 
 
@@ -26,7 +26,7 @@ class ServerArgs:
 
     model_path: str = "demo"
     served_model_name: str | None = None
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # bfloat16 where the hardware computes it natively, else float32
     device: str = "cpu"
     seed: int = 0
     # memory

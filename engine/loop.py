@@ -143,6 +143,7 @@ class EngineLoop:
             cache_tokens=tree.total_size() if tree else 0, cache_evictable_tokens=tree.evictable_size if tree else 0,
             evicted_tokens_total=kv.evicted_tokens_total, context_len=self.context_len,
             token_hit_rate=stats["prefix_cache_hits_total"] / max(stats["prefix_cache_queries_total"], 1),
+            dtype=self.runner.dtype,  # what --dtype auto resolved to
         )
         return stats
 

@@ -11,7 +11,7 @@ from engine.memory import KVPool, plan_kv_slots
 from engine.models.cpu_rmsnorm import DTYPES as RMSNORM_DTYPES
 from engine.models.cpu_rmsnorm import CpuRMSNorm
 from engine.models.layers import use_rmsnorm_kernel
-from engine.models.loader import DTYPES, load_model
+from engine.models.loader import DTYPES, load_model, resolve_dtype
 from engine.sampling import SamplingBatch, sample
 from engine.scheduler.batch import ScheduledBatch
 
@@ -24,10 +24,11 @@ class ModelRunner:
             torch.set_num_threads(args.num_threads)
         if args.device == "cpu":
             keep_freed_memory()
-        self.model, self.model_config = load_model(model_path, args.dtype, args.device)
+        self.dtype = resolve_dtype(args.dtype, args.device)  # "auto" → what this hardware computes natively
+        self.model, self.model_config = load_model(model_path, self.dtype, args.device)
         cfg: ModelConfig = self.model_config
         self.context_len = min(args.context_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
-        dtype = DTYPES[args.dtype]
+        dtype = DTYPES[self.dtype]
         per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype)
         self.num_slots = plan_kv_slots(args.kv_cache_tokens, args.mem_fraction, per_token, args.page_size,
                                        args.device)

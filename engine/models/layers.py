@@ -127,9 +127,17 @@ def pad_rows(x: torch.Tensor) -> torch.Tensor:
 PACK_ROWS_HINT = 64
 
 
+def cpu_bf16_native() -> bool:
+    """Whether oneDNN has a bf16 path on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT). Without one, torch falls
+    back to a scalar bf16 matmul: 0.3 GFLOP/s against 162 GFLOP/s in fp32 (2048^3, AVX2-only AMD EPYC VM)."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return torch.backends.mkldnn.is_available() and probe is not None and bool(probe())
+
+
 def mkldnn_packing() -> bool:
-    """Whether this torch build has oneDNN's prepacked linear ops."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    """Whether this torch build and CPU can run oneDNN's prepacked bf16 linear ops (the reorder refuses a CPU
+    without a bf16 path)."""
+    return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and cpu_bf16_native()
 
 
 def prepack_linears(model: nn.Module) -> int:

@@ -17,12 +17,24 @@ import torch
 from safetensors import safe_open
 
 from engine.config import ModelConfig
-from engine.models.layers import prepack_linears
+from engine.models.layers import cpu_bf16_native, prepack_linears
 from engine.models.llama import LlamaForCausalLM
 from engine.models.qwen2 import Qwen2ForCausalLM
 
 ARCHITECTURES = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM}
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: str = "cpu") -> str:
+    """The dtype `name` (a ServerArgs.dtype) stands for on `device`: "auto" is bfloat16 where the hardware computes
+    it natively (a CUDA device with bf16, a CPU with oneDNN's bf16 path), float32 otherwise; other names are kept."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise ValueError(f"dtype: must be auto or one of {tuple(DTYPES)} (got {name!r})")
+        return name
+    if torch.device(device).type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_bf16_native() else "float32"
 
 
 def model_search_dirs() -> list[str]:
@@ -82,9 +94,9 @@ def iter_weights(path: str):
                 yield name, f.get_tensor(name)
 
 
-def load_model(path: str, dtype: str = "bfloat16", device: str = "cpu") -> tuple[LlamaForCausalLM, ModelConfig]:
+def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[LlamaForCausalLM, ModelConfig]:
     cfg = ModelConfig.from_hf(path)
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     with torch.device("meta"):
         model = ARCHITECTURES[cfg.architecture](cfg)
     # Materialise on the target device, then copy the checkpoint in (cast per tensor, not all at once).
