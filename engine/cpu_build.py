@@ -39,8 +39,8 @@ def _cpu_signature() -> str:
 
 
 def build_library(source: Path, cache_dir: Path | None = None, defines: tuple[str, ...] = ()) -> Path:
-    """Compile `source` with CFLAGS and `-D` each of `defines` (once per source, flags, compiler and CPU);
-    return the shared library's path. Raises KernelBuildError."""
+    """Compile `source` with CFLAGS and `-D` each of `defines` (once per source and the headers beside it, flags,
+    compiler and CPU); return the shared library's path. Raises KernelBuildError."""
     cc = os.environ.get("CC", "cc")
     flags = CFLAGS + tuple(f"-D{d}" for d in defines)
     try:
@@ -48,7 +48,9 @@ def build_library(source: Path, cache_dir: Path | None = None, defines: tuple[st
     except (OSError, subprocess.CalledProcessError) as e:
         raise KernelBuildError(f"no working C compiler {cc!r} ({e}); set CC") from e
     source = Path(source)
-    key = hashlib.sha256(b"\0".join([source.read_bytes(), " ".join(flags).encode(), version.encode(),
+    headers = sorted(source.parent.glob("*.h"))  # what `#include "x.h"` beside the source can pull in
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), *(h.read_bytes() for h in headers),
+                                     " ".join(flags).encode(), version.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:20]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     lib = cache_dir / f"{source.stem}-{key}.so"

@@ -28,3 +28,16 @@ def test_build_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", "false")  # runs, but is no compiler
     with pytest.raises(KernelBuildError, match="no working C compiler 'false'"):
         build_library(SOURCE, tmp_path / "out")
+
+
+def test_a_header_beside_the_source_is_part_of_the_cache_key(tmp_path):
+    src, header = tmp_path / "k.c", tmp_path / "k_part.h"
+    src.write_text('#include "k_part.h"\nint f(void) { return PART; }\n')
+    header.write_text("#define PART 1\n")
+    first = build_library(src, tmp_path / "out")
+    header.write_text("#define PART 2\n")  # an edited header must not load the stale library
+    second = build_library(src, tmp_path / "out")
+    assert second != first
+    import ctypes
+
+    assert ctypes.CDLL(str(first)).f() == 1 and ctypes.CDLL(str(second)).f() == 2

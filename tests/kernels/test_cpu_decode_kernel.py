@@ -37,8 +37,9 @@ def kernel(request, tmp_path_factory):
 
 def test_build_picks_its_path(kernel, request):
     with open("/proc/cpuinfo") as f:
-        avx512 = " avx512f" in f.read()
-    assert kernel.vectorised == (request.node.callspec.params["kernel"] == "vectorised" and avx512)
+        flags = f.read()
+    avx512, avx2 = " avx512f" in flags, " avx2" in flags and " fma" in flags
+    assert kernel.vectorised == (request.node.callspec.params["kernel"] == "vectorised" and (avx512 or avx2))
 
 
 @pytest.mark.parametrize("seq_lens,num_heads,num_kv_heads,head_dim,page_size,dtype", CASES)

@@ -9,7 +9,8 @@
  * into a torch process, so one thread pool serves both). Keys go in blocks (16 in the AVX-512 path, BLK in the
  * portable loop) with an online softmax: each K and V row is read once from the pool, for all query heads of its
  * kv head, instead of being gathered into a padded copy and read again; requests that share a cached prefix read
- * the same rows, which then come from cache rather than memory. With AVX512_BF16, bf16 scores are vdpbf16ps dot
+ * the same rows, which then come from cache rather than memory. CPUs with AVX2 but no AVX-512 take 8-key blocks
+ * (decode_attention_avx2.h). With AVX512_BF16, bf16 scores are vdpbf16ps dot
  * products of the raw rows (exact bf16 products, fp32 sums), as a bf16 matmul computes them.
  */
 #include <float.h>
@@ -258,6 +259,11 @@ static void attend_bf16_specialised(const char *q, const char *k_pool, const cha
 }
 #endif
 
+#if !defined(HAVE_AVX512) && defined(__AVX2__) && defined(__FMA__) && !defined(DA_GENERIC)
+#define HAVE_AVX2 1
+#include "decode_attention_avx2.h"
+#endif
+
 /* The entry point: returns 0, or -1 when a limit is exceeded (the wrapper checks them first); runs on
  * num_threads OpenMP threads. */
 int decode_attention(const void *q, const void *k_pool, const void *v_pool, const int32_t *table,
@@ -282,6 +288,11 @@ int decode_attention(const void *q, const void *k_pool, const void *v_pool, cons
             attend_avx512(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, D, scale, is_bf16);
         else
 #endif
+#ifdef HAVE_AVX2
+        if (D % 8 == 0)
+            attend_avx2_specialised(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, D, scale, is_bf16);
+        else
+#endif
             attend_generic(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, D, scale, is_bf16);
     }
     return 0;
@@ -290,9 +301,9 @@ int decode_attention(const void *q, const void *k_pool, const void *v_pool, cons
 int64_t decode_attention_max_head_dim(void) { return MAX_D; }
 int64_t decode_attention_max_group(void) { return MAX_G; }
 
-/* 1 when the vectorised path was compiled in (the generic one serves the rest) */
+/* 1 when a vectorised path (AVX-512, or AVX2 + FMA) was compiled in (the generic one serves the rest) */
 int decode_attention_vectorised(void) {
-#ifdef HAVE_AVX512
+#if defined(HAVE_AVX512) || defined(HAVE_AVX2)
     return 1;
 #else
     return 0;
