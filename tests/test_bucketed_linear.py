@@ -60,9 +60,22 @@ def test_prepacked_bf16_weights_give_the_same_rows(bias):
         assert torch.equal(packed(x), plain(x))
 
 
+@pytest.mark.skipif(not mkldnn_packing(torch.float32), reason="this torch build has no oneDNN prepacked linear")
+@pytest.mark.parametrize("bias", [True, False])
+def test_prepacked_fp32_weights_give_the_rows_within_rounding(bias):
+    torch.manual_seed(2)
+    plain = nn.Linear(96, 80, bias=bias)
+    packed = BucketedLinear(96, 80, bias=bias)
+    packed.load_state_dict(plain.state_dict())
+    assert packed.prepack() and packed.packed is not None and packed.weight.device.type == "meta"
+    for n in (1, 7, 64, 300):
+        x = torch.randn(n, 96)
+        torch.testing.assert_close(packed(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
 def test_prepack_leaves_other_dtypes_and_tied_weights_alone():
-    fp32 = BucketedLinear(8, 8)
-    assert not fp32.prepack() and fp32.packed is None
+    fp16 = BucketedLinear(8, 8).half()
+    assert not fp16.prepack() and fp16.packed is None
     emb = nn.Embedding(50, 16).bfloat16()
     head = BucketedLinear(16, 50, bias=False).bfloat16()
     head.weight = emb.weight  # tied, as in models with tie_word_embeddings

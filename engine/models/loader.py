@@ -112,7 +112,7 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[Lla
     model = model.to(torch_dtype)
     rotary.cos_sin = rotary.cos_sin.float()  # keep rotary tables in fp32 whatever the weights' dtype
     model.eval()
-    prepack_linears(model)  # bf16 on CPU only
+    prepack_linears(model)  # bf16 / fp32 on CPU only
     return model, cfg
 
 
