@@ -9,7 +9,7 @@ Per system: the InferLog stream (logparse.build_stream over ALL the system's lin
 non-candidates then candidates); `--limit N` keeps its first N requests, so a short run is a prefix of the
 full one. Then, for each `--pair` variant in turn (back to back, so their throughputs compare on a shared CPU),
 a fresh Engine serves the requests in a CLOSED LOOP: `--concurrency` worker threads each keep one request in
-flight (`Engine.generate(icl=..., stream=True)`); the engine batches them.
+flight (`Engine.generate(icl=...)`); the engine batches them.
 
 A variant is POLICY[@POOL]: POLICY none|table|native; POOL `ample` (no eviction expected: the whole stream's
 prompts and outputs, capped at --ample-kv-gb), `nocache` (radix cache off), `Np` (N mean prompts' worth of
@@ -18,8 +18,9 @@ tokens), or a token count. Without @, the pool is --kv-cache-tokens or ample, an
 
 Output length (`--output-len`): `oracle` = the tokens of the ground-truth template in backticks (the answer a
 perfect model gives), ignore_eos, greedy; `model` = up to 64 tokens, stop at EOS; N = exactly N tokens.
-Latency is submit → last token; TTFT is submit → first streamed chunk holding a token. A thread notices its
-first token only after its own next engine step, so TTFT is over-estimated by at most one step.
+Latency is submit → result; TTFT is submit → the end of the step that produced the first token (meta_info's
+first_token_latency). Not streaming keeps the 64-odd client threads asleep until their request ends: woken every
+step, they compete with the engine thread for the GIL and for the two cores.
 `--keep-last` sets the engine's `pair_keep_last`.
 Metric definitions: bench/logparse_report.py. One variant of `--systems HDFS --limit 200` (the longest prompts,
 ~1750 tokens with the bench tokenizer) takes about a minute on 2 idle cores.
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import threading
 import time
@@ -129,15 +129,9 @@ def run_closed_loop(engine, icls: list[dict], sps: list[dict], records: list[Req
     def serve(i: int) -> None:
         rec = records[i]
         rec.submit_s = time.perf_counter() - start
-        last = None
         try:
-            for chunk in engine.generate(icl=icls[i], sampling_params=sps[i], stream=True):
-                if math.isnan(rec.first_token_s) and chunk["meta_info"]["completion_tokens"] > 0:
-                    rec.first_token_s = time.perf_counter() - start
-                last = chunk
+            last = engine.generate(icl=icls[i], sampling_params=sps[i])
         except ValueError as e:  # refused at submission (e.g. longer than the context): count it, serve the rest
-            if last is not None:
-                raise
             rec.rejected = str(e)
         rec.end_s = time.perf_counter() - start
         if rec.rejected:
@@ -145,6 +139,8 @@ def run_closed_loop(engine, icls: list[dict], sps: list[dict], records: list[Req
         meta = last["meta_info"]
         if meta["finish_reason"]["type"] == "abort":
             raise RuntimeError(f"request {i} aborted: {meta['finish_reason']}")
+        if meta["first_token_latency"] is not None:
+            rec.first_token_s = rec.submit_s + meta["first_token_latency"]
         rec.text = last["text"]
         rec.prompt_tokens, rec.cached_tokens = meta["prompt_tokens"], meta["cached_tokens"]
         rec.completion_tokens = meta["completion_tokens"]

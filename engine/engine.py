@@ -2,8 +2,8 @@
 
 One engine thread owns the `EngineLoop`: it loads the model, runs every step (schedule → run → process results)
 and every control call. Callers only validate and tokenize their requests, queue them in an inbox, and wait on
-a condition for their tokens, which they detokenize themselves. Concurrent `generate` / `stream` /
-`async_generate` callers therefore batch together in the engine thread's steps.
+their request's condition for its tokens, which they detokenize themselves (engine/request_state.py).
+Concurrent `generate` / `stream` / `async_generate` callers therefore batch together in the engine thread's steps.
 
 Why one thread for all model work: torch's CPU kernels run on an OpenMP team per calling OS thread, and once a
 process has more OpenMP threads than cores, libgomp stops spin-waiting between parallel regions. When each caller
@@ -13,7 +13,6 @@ linear took 174 us instead of 92 us, and decode steps ran ~2x slower than from a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -23,36 +22,10 @@ from engine.cpu_runtime import OpenMPPools
 from engine.detokenize import IncrementalDetokenizer
 from engine.loop import EngineLoop
 from engine.models.loader import load_tokenizer, resolve_model_path
-from engine.request_input import RequestInput, normalize_inputs
-from engine.scheduler import StepOutput
+from engine.pair.render import SegmentEncoder
+from engine.request_input import normalize_inputs
+from engine.request_state import ReqState
 from engine.trace_recorder import open_trace_recorder
-
-
-@dataclasses.dataclass
-class _ReqState:
-    """One request's progress. The engine thread appends tokens and sets `last`/`finished` under the engine's
-    condition; the consumer reads them under it and detokenizes outside it (`text`, `seen` are consumer-only)."""
-    inp: RequestInput
-    detok: IncrementalDetokenizer
-    start: float
-    output_ids: list[int] = dataclasses.field(default_factory=list)
-    last: StepOutput | None = None
-    finished: bool = False
-    text: str = ""
-    seen: int = 0  # output_ids already detokenized into text
-
-    def result(self, output_ids: list[int], last: StepOutput | None, delta: str) -> dict[str, Any]:
-        meta = {
-            "id": self.inp.rid,
-            "prompt_tokens": last.prompt_tokens if last else len(self.inp.input_ids),
-            "completion_tokens": len(output_ids),
-            "cached_tokens": last.cached_tokens if last else 0,
-            "finish_reason": last.finish_reason if last else None,
-            "e2e_latency": time.monotonic() - self.start,
-        }
-        if last and last.extra:
-            meta.update(last.extra)
-        return {"text": self.text, "output_ids": output_ids, "meta_info": meta, "delta": delta}
 
 
 class EngineDeadError(RuntimeError):
@@ -66,13 +39,15 @@ class Engine:
         self.args = ServerArgs(**flags).validate()
         path = resolve_model_path(self.args.model_path)
         self.tokenizer = load_tokenizer(path)
+        self.segment_encoder = SegmentEncoder(self.tokenizer)
         # trace_file: finished requests are recorded there (hashes only) until shutdown() closes it.
         self.recorder = open_trace_recorder(self.args)
         self.loop: EngineLoop | None = None
-        self._cv = threading.Condition()
-        self._inbox: list[tuple[Any, _ReqState]] = []  # (Req, state) submitted since the engine thread looked
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)  # the engine thread and control calls wait here, requests not
+        self._inbox: list[tuple[Any, ReqState]] = []  # (Req, state) submitted since the engine thread looked
         self._calls: list[tuple[Callable[[], Any], dict]] = []  # control calls to run between steps
-        self._states: dict[str, _ReqState] = {}  # engine thread only
+        self._states: dict[str, ReqState] = {}  # engine thread only
         self._closed = False
         self._error: BaseException | None = None
         # This thread's earlier torch work left an OpenMP team that would throttle the engine thread's (the
@@ -95,9 +70,7 @@ class Engine:
         try:
             loop = EngineLoop(self.args, path, self.tokenizer, self.recorder)
         except BaseException as e:
-            with self._cv:
-                self._error = e
-                self._cv.notify_all()
+            self._fail(e)
             return
         with self._cv:
             self.loop = loop
@@ -106,10 +79,17 @@ class Engine:
             while self._serve_once(loop):
                 pass
         except BaseException as e:  # a bug outside the forward (those abort their batch in EngineLoop.step)
-            with self._cv:
-                self._error = EngineDeadError(f"engine thread failed: {type(e).__name__}: {e}")
-                self._error.__cause__ = e
-                self._cv.notify_all()
+            err = EngineDeadError(f"engine thread failed: {type(e).__name__}: {e}")
+            err.__cause__ = e
+            self._fail(err)
+
+    def _fail(self, err: BaseException) -> None:
+        """Engine thread: record the error and wake everyone waiting, so each raises it."""
+        with self._cv:
+            self._error = err
+            for st in [*self._states.values(), *(s for _, s in self._inbox)]:
+                st.cv.notify_all()
+            self._cv.notify_all()
 
     def _serve_once(self, loop: EngineLoop) -> bool:
         """Take queued requests and calls, run one step if there is work; False once shut down."""
@@ -139,12 +119,11 @@ class Engine:
                 st = self._states.get(out.rid)
                 if st is None:
                     continue
-                st.last = out
-                st.output_ids.extend(out.new_token_ids)
+                st.add(out)
                 if out.finished:
-                    st.finished = True
                     del self._states[out.rid]
-            self._cv.notify_all()
+            if calls:
+                self._cv.notify_all()
         return not closing
 
     def _call(self, fn: Callable[[], Any]) -> Any:
@@ -169,10 +148,11 @@ class Engine:
 
     # --- callers' side ----------------------------------------------------------------------------------
     def _submit(self, prompt, sampling_params, input_ids, icl=None,
-                stream: bool = False) -> tuple[list[_ReqState], bool]:
+                stream: bool = False) -> tuple[list[ReqState], bool]:
         self._check_alive()
+        start = time.monotonic()  # latencies count validation and tokenization too
         inputs, single = normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.loop.context_len,
-                                          icl)
+                                          icl, self.segment_encoder)
         if stream and len(inputs) != 1:
             raise ValueError("stream: streaming takes a single prompt")
         if self._omp is not None:
@@ -182,18 +162,18 @@ class Engine:
             sp = inp.sampling
             reqs.append(self.loop.make_request(inp.rid, inp.input_ids, sp, inp.icl))  # ValueError: nothing queued
             detok = IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens, sp.stop, sp.no_stop_trim)
-            states.append(_ReqState(inp, detok, time.monotonic()))
+            states.append(ReqState(inp, detok, start, threading.Condition(self._lock), stream))
         with self._cv:
             self._check_alive()
             self._inbox.extend(zip(reqs, states))
             self._cv.notify_all()
         return states, single
 
-    def _wait(self, st: _ReqState, stream: bool) -> dict[str, Any]:
+    def _wait(self, st: ReqState, stream: bool) -> dict[str, Any]:
         """Block until `st` has new tokens (stream) or has finished; the result with the text detokenized so far."""
-        with self._cv:
-            self._cv.wait_for(lambda: st.finished or self._error is not None
-                              or (stream and len(st.output_ids) > st.seen))
+        with self._lock:
+            st.cv.wait_for(lambda: st.finished or self._error is not None
+                           or (stream and len(st.output_ids) > st.seen))
             if self._error is not None and not st.finished:
                 raise self._error
             output_ids, last, finished = list(st.output_ids), st.last, st.finished
@@ -204,7 +184,7 @@ class Engine:
         st.text += delta
         return st.result(output_ids, last, delta)
 
-    def _wait_all(self, states: list[_ReqState]) -> list[dict[str, Any]]:
+    def _wait_all(self, states: list[ReqState]) -> list[dict[str, Any]]:
         try:
             return [self._wait(st, stream=False) for st in states]
         except BaseException:
@@ -223,8 +203,9 @@ class Engine:
         """Generate for one prompt (→ dict) or a batch (→ list of dicts, in order).
 
         Each dict: {"text", "output_ids", "meta_info": {"prompt_tokens", "completion_tokens", "cached_tokens",
-        "finish_reason", "e2e_latency", ...}}. With stream=True (single prompt), returns an iterator of
-        dicts whose "text" is the text so far and "delta" the new part. Bad input raises ValueError naming
+        "finish_reason", "e2e_latency", "first_token_latency", ...}} (latencies in seconds from the call). With
+        stream=True (single prompt), returns an iterator of dicts whose "text" is the text so far and "delta" the
+        new part. Bad input raises ValueError naming
         the field, and nothing is queued. `icl` ({"instruction", "examples": [{"input", "output"}], "query",
         "refine": none|table|native}) renders an ICL prompt whose examples PAIR may reorder at admission;
         meta_info then carries icl_order and icl_substituted. Safe to call from many threads at once.
@@ -237,7 +218,7 @@ class Engine:
             del r["delta"]
         return results[0] if single else results
 
-    def _stream(self, st: _ReqState) -> Iterator[dict]:
+    def _stream(self, st: ReqState) -> Iterator[dict]:
         try:
             while True:
                 out = self._wait(st, stream=True)

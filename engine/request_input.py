@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from engine.pair.render import IclPrompt, render_icl, validate_icl
+from engine.pair.render import IclPrompt, SegmentEncoder, render_icl, validate_icl
 from engine.sampling_params import SamplingParams
 
 
@@ -28,11 +28,12 @@ def _as_list(x, n: int, name: str) -> list:
     return [x] * n
 
 
-def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len: int, icl=None
-                     ) -> tuple[list[RequestInput], bool]:
+def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len: int, icl=None,
+                     encoder: SegmentEncoder | None = None) -> tuple[list[RequestInput], bool]:
     """Returns (requests, single) where single says the caller passed one prompt rather than a list.
 
-    Exactly one of prompt (str | list[str]), input_ids (list[int] | list[list[int]]) or icl (dict | list[dict])."""
+    Exactly one of prompt (str | list[str]), input_ids (list[int] | list[list[int]]) or icl (dict | list[dict]);
+    `encoder` (over `tokenizer`) memoises the ICL segments' tokens."""
     if sum(x is not None for x in (prompt, input_ids, icl)) != 1:
         raise ValueError("prompt: give exactly one of prompt, input_ids or icl")
     icl_prompts: list = []
@@ -41,7 +42,7 @@ def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len:
         items = [icl] if single else icl
         if not isinstance(items, list) or not items:
             raise ValueError("icl: must be an object or a non-empty list of objects")
-        icl_prompts = [render_icl(tokenizer, validate_icl(x)) for x in items]
+        icl_prompts = [render_icl(tokenizer, validate_icl(x), encoder) for x in items]
         ids_list = [p.assemble(p.examples)[0] for p in icl_prompts]
     elif prompt is not None:
         single = isinstance(prompt, str)

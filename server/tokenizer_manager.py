@@ -46,6 +46,7 @@ class TokenizerManager:
         message always has a reader). `tokenizer` may be set later, before any request is served.
         `args` (ServerArgs) is kept current through `update_config`."""
         self.tokenizer = tokenizer
+        self._segment_encoder = None  # over self.tokenizer: ICL heads' and examples' tokens, memoised
         self.metrics = metrics
         self.args = args
         self.max_running_cap = args.max_running_requests  # request rows are preallocated at this size
@@ -105,11 +106,14 @@ class TokenizerManager:
         return await asyncio.get_running_loop().run_in_executor(self.worker, self._apply_chat_template, messages)
 
     def _tokenize(self, prompt, input_ids, sampling_params, icl):
+        from engine.pair.render import SegmentEncoder
         from engine.request_input import normalize_inputs
 
         if icl is not None:
+            if self._segment_encoder is None or self._segment_encoder.tokenizer is not self.tokenizer:
+                self._segment_encoder = SegmentEncoder(self.tokenizer)
             return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len,
-                                    icl=icl)
+                                    icl=icl, encoder=self._segment_encoder)
         return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len)
 
     def _apply_chat_template(self, messages: list[dict[str, Any]]) -> str:

@@ -107,18 +107,19 @@ def test_requests_the_engine_refuses_are_counted_and_left_out():
     from bench.logparse_report import summarize
 
     class FakeEngine:
-        def generate(self, icl, sampling_params, stream):
+        def generate(self, icl, sampling_params):
             if icl["query"] == "too long":
                 raise ValueError("icl: 5090 tokens do not fit the context length 4096")
             meta = {"completion_tokens": 1, "finish_reason": {"type": "length"}, "prompt_tokens": 10,
-                    "cached_tokens": 4, "icl_order": [0], "icl_substituted": 0}
-            yield {"text": "`a <*>`", "meta_info": meta}
+                    "cached_tokens": 4, "icl_order": [0], "icl_substituted": 0, "first_token_latency": 0.25}
+            return {"text": "`a <*>`", "meta_info": meta}
 
     queries = ["a 1", "too long", "a 2"]
     records = [RequestRecord(i, i, q, "a <*>", 1, 2, 3, prompt_tokens=10) for i, q in enumerate(queries)]
     wall = run_closed_loop(FakeEngine(), [{"query": q} for q in queries], [{}] * 3, records, 2, "test")
     assert [bool(r.rejected) for r in records] == [False, True, False]
     assert "context length" in records[1].rejected and records[1].trace()["rejected"] == records[1].rejected
+    assert records[0].first_token_s == records[0].submit_s + 0.25  # TTFT: the engine's first_token_latency
     row = summarize(records, wall, 12, 0, 0)
     assert row["requests"] == 2 and row["rejected"] == 1
     assert row["prompt_tokens_total"] == 20 and row["token_hit_rate"] == 0.4 and row["GA"] == 1.0

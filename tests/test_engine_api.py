@@ -19,7 +19,7 @@ def test_generate_single_and_batch_shapes(eng):
     meta = one["meta_info"]
     assert meta["completion_tokens"] == 12 == len(one["output_ids"])
     assert meta["prompt_tokens"] == len(eng.tokenizer.encode("hello world"))
-    assert meta["finish_reason"]["type"] == "length" and meta["e2e_latency"] > 0
+    assert meta["finish_reason"]["type"] == "length" and 0 < meta["first_token_latency"] <= meta["e2e_latency"]
     assert one["text"] == eng.tokenizer.decode(one["output_ids"], skip_special_tokens=True)
     many = eng.generate(["hello world", "another prompt here"], GREEDY)
     assert isinstance(many, list) and len(many) == 2
@@ -240,3 +240,59 @@ def test_shutdown_finishes_waiting_callers_as_aborted(tiny_model_dir, make_engin
     with pytest.raises(RuntimeError, match="shut down"):
         eng.generate("after", GREEDY)
     eng.shutdown()  # idempotent
+
+
+def test_request_state_wakes_streaming_callers_per_token_and_others_at_the_end():
+    """A step notifies only the callers it concerns: each token for a stream, only the end otherwise (waking
+    every waiting thread each step made them fight the engine thread for the GIL)."""
+    from engine.request_input import RequestInput
+    from engine.request_state import ReqState
+    from engine.sampling_params import SamplingParams
+    from engine.scheduler import StepOutput
+
+    class CountingCv:
+        def __init__(self):
+            self.wakes = 0
+
+        def notify_all(self):
+            self.wakes += 1
+
+    for stream, wakes in ((True, 3), (False, 1)):
+        cv = CountingCv()
+        st = ReqState(RequestInput("r", [1, 2], SamplingParams()), None, 0.0, cv, stream)
+        for finished in (False, False, True):
+            st.add(StepOutput("r", [7], finished, None, 2, 1, 0))
+        assert cv.wakes == wakes and st.output_ids == [7, 7, 7] and st.finished
+        assert st.first_token_at is not None and st.result(st.output_ids, st.last, "")["meta_info"][
+            "first_token_latency"] == st.first_token_at
+
+
+def test_engine_thread_failure_wakes_waiting_callers(tiny_model_dir):
+    """A bug outside the forward kills the engine thread; a caller already waiting gets EngineDeadError, and so
+    does every later call."""
+    import threading
+
+    from engine import Engine
+    from engine.engine import EngineDeadError
+
+    eng = Engine(model_path=tiny_model_dir, kv_cache_tokens=4096, dtype="float32")
+
+    def broken_step():
+        raise RuntimeError("scheduler bug")
+
+    eng.loop.step = broken_step
+    box = {}
+
+    def call():
+        try:
+            eng.generate("waits", GREEDY)
+        except EngineDeadError as e:
+            box["error"] = e
+
+    t = threading.Thread(target=call)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive() and "scheduler bug" in str(box["error"])
+    with pytest.raises(EngineDeadError):
+        eng.generate("after", GREEDY)
+    eng.shutdown()

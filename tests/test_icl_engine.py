@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from engine.pair.render import render_icl, render_messages, validate_icl
+from engine.pair.render import SegmentEncoder, render_icl, render_messages, validate_icl
 from logparse import LOGHUB_SYSTEMS, build_stream, load_system, to_icl
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "loghub")
@@ -59,6 +59,21 @@ def check_segmented_tokenization(tokenizer) -> int:
             assert list(p.assemble(p.examples[::-1])[0]) == whole_prompt_ids(tokenizer, rev), (system, q.line)
             checked += 1
     return checked
+
+
+def test_segment_encoder_memoises_heads_and_examples_not_queries(tiny_model_dir):
+    from engine.models.loader import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    enc = SegmentEncoder(tokenizer, capacity=64)
+    icls = [validate_icl(to_icl(q)) for q in fixture_stream("HDFS")]
+    for icl in icls:
+        assert render_icl(tokenizer, icl, enc) == render_icl(tokenizer, icl)
+    info = enc.cached.cache_info()
+    distinct = {e["input"] + e["output"] for icl in icls for e in icl["examples"]} | {icls[0]["instruction"]}
+    lookups = sum(1 + len(icl["examples"]) for icl in icls)  # the head and each example; queries bypass it
+    assert info.misses == len(distinct) and info.hits == lookups - info.misses
+    assert info.currsize <= 64
 
 
 def test_segmented_tokenization_equals_whole_prompt_tiny(tiny_model_dir):
