@@ -7,7 +7,9 @@
         [--attention-backend auto|cpu|torch]
 
 Every ModelRunner.forward in this process is timed (CPU ops are synchronous), with its step's request count and
-tokens (extend: new prompt tokens; decode: one per request). `logparse` runs bench.logparse unchanged under the
+tokens (extend: new prompt tokens; decode: one per request), and within it four pieces: building the batch's
+tensors, the linears, extend attention and decode attention (the rest is norms, rotary, activations, sampling
+inputs and Python). `logparse` runs bench.logparse unchanged under the
 timer; `random` drives an in-process Engine from C streaming threads with prompts of uniform random length in
 [1, input-len] and outputs of [1, output-len] tokens (ignore_eos), like `bench.serving --dataset random
 --random-range-ratio 0`. `decode` times decode steps alone: `batch` requests with `context`-token random prompts
@@ -21,28 +23,60 @@ import sys
 import threading
 import time
 
+from engine.attention.cpu_backend import CpuBackend
+from engine.attention.torch_native import TorchNativeBackend
 from engine.model_runner import ModelRunner
+from engine.models.layers import BucketedLinear
 from engine.scheduler.batch import ForwardMode
+
+# (class, method, piece): what ForwardSplit times inside each forward; CpuBackend._decode falls back to the torch
+# decode through super(), so only the outermost timed call counts
+PIECES = ((ModelRunner, "build_forward_batch", "batch build"), (BucketedLinear, "forward", "linears"),
+          (TorchNativeBackend, "_extend", "extend attention"), (TorchNativeBackend, "_decode", "decode attention"),
+          (CpuBackend, "_decode", "decode attention"))
+PIECE_NAMES = ("batch build", "linears", "extend attention", "decode attention")
 
 
 class ForwardSplit:
-    """Patches ModelRunner.forward (class-wide, this process) to sum time, steps, requests and tokens per mode."""
+    """Patches ModelRunner.forward and the PIECES (class-wide, this process) to sum time, steps, requests and
+    tokens per mode, and each piece's seconds per mode."""
 
     def __init__(self):
         # per mode: seconds, steps, requests, tokens (a mixed step's tokens: its prompt tokens plus one per decode)
         self.acc = {"extend": [0.0, 0, 0, 0], "mixed": [0.0, 0, 0, 0], "decode": [0.0, 0, 0, 0]}
+        self.pieces = {mode: dict.fromkeys(PIECE_NAMES, 0.0) for mode in self.acc}  # seconds inside forwards
         self.last_extend_end: float | None = None  # perf_counter when the latest extend forward returned
         self.decode_step_s: list[float] = []  # each decode forward's seconds
         self._orig = ModelRunner.forward
+        self._orig_pieces = [(cls, name, cls.__dict__[name]) for cls, name, _ in PIECES]
+        self._mode: str | None = None  # the running forward's mode
+        self._depth = 0  # nesting of timed piece calls
+
+    def _time_piece(self, fn, piece: str):
+        def timed(*args, **kwargs):
+            if self._mode is None or self._depth:
+                return fn(*args, **kwargs)
+            self._depth += 1
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.pieces[self._mode][piece] += time.perf_counter() - t
+                self._depth -= 1
+        return timed
 
     def __enter__(self) -> "ForwardSplit":
         orig, acc = self._orig, self.acc
+        for (cls, name, piece), (_, _, fn) in zip(PIECES, self._orig_pieces):
+            setattr(cls, name, self._time_piece(fn, piece))
 
         def timed(runner, batch):
             t = time.perf_counter()
+            self._mode = batch.mode.value
             try:
                 return orig(runner, batch)
             finally:
+                self._mode = None
                 end = time.perf_counter()
                 decode = batch.mode is ForwardMode.DECODE
                 if decode:
@@ -60,10 +94,14 @@ class ForwardSplit:
 
     def __exit__(self, *exc) -> None:
         ModelRunner.forward = self._orig
+        for cls, name, fn in self._orig_pieces:
+            setattr(cls, name, fn)
 
     def reset(self) -> None:
         for a in self.acc.values():
             a[:] = [0.0, 0, 0, 0]
+        for p in self.pieces.values():
+            p.update(dict.fromkeys(p, 0.0))
         self.last_extend_end = None
         self.decode_step_s.clear()
 
@@ -76,13 +114,14 @@ class ForwardSplit:
         return sum(a[1] for a in self.acc.values())
 
     def table(self, wall_s: float) -> str:
-        lines = [f"wall {wall_s:.2f} s", "| forwards | seconds | steps | requests per step | tokens | tok/s |",
-                 "|---|---|---|---|---|---|"]
+        lines = [f"wall {wall_s:.2f} s", "| forwards | seconds | steps | requests per step | tokens | tok/s | "
+                 + " | ".join(f"{p} s" for p in PIECE_NAMES) + " |", "|---|---|---|---|---|---|" + "---|" * 4]
         for mode, (sec, steps, reqs, toks) in self.acc.items():
             if mode == "mixed" and not steps:
                 continue  # --enable-mixed-chunk off
             lines.append(f"| {mode} | {sec:.2f} | {steps} | {reqs / max(steps, 1):.1f} | {toks:,} | "
-                         f"{toks / max(sec, 1e-9):,.0f} |")
+                         f"{toks / max(sec, 1e-9):,.0f} | " + " | ".join(f"{v:.2f}" for v in self.pieces[mode].values())
+                         + " |")
         return "\n".join(lines)
 
 
