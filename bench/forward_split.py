@@ -196,6 +196,9 @@ def run_decode(argv: list[str]) -> float:
     median = steps[len(steps) // 2]
     print(f"batch {a.batch} x {a.context}-token contexts: decode forward median {median * 1e3:.2f} ms "
           f"over {len(steps)} steps")
+    dec_s, dec_steps = split.acc["decode"][:2]
+    pieces = ", ".join(f"{p} {v / dec_steps * 1e3:.2f} ms" for p, v in split.pieces["decode"].items())
+    print(f"per decode step: {pieces}, all {dec_s / dec_steps * 1e3:.2f} ms (mean)")
     return median
 
 

@@ -45,9 +45,16 @@ class ModelRunner:
         return torch.tensor(data, dtype=dtype, device=self.device)
 
     def build_forward_batch(self, batch: ScheduledBatch) -> tuple[torch.Tensor, ForwardBatch]:
+        rows, cols, slots = [], [], []  # one-slot writes (a decode step has one per request): one scatter
         for w in batch.table_writes:
-            if w.slots:
+            if len(w.slots) == 1:
+                rows.append(w.row)
+                cols.append(w.start)
+                slots.append(w.slots[0])
+            elif w.slots:
                 self.req_to_token[w.row, w.start:w.start + len(w.slots)] = self._tensor(w.slots, torch.int32)
+        if slots:
+            self.req_to_token[self._tensor(rows), self._tensor(cols)] = self._tensor(slots, torch.int32)
         seq_lens = [p + e for p, e in zip(batch.prefix_lens, batch.extend_lens)]
         positions: list[int] = []
         starts, last = [], []
