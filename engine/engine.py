@@ -205,10 +205,10 @@ class Engine:
         Each dict: {"text", "output_ids", "meta_info": {"prompt_tokens", "completion_tokens", "cached_tokens",
         "finish_reason", "e2e_latency", "first_token_latency", ...}} (latencies in seconds from the call). With
         stream=True (single prompt), returns an iterator of dicts whose "text" is the text so far and "delta" the
-        new part. Bad input raises ValueError naming
-        the field, and nothing is queued. `icl` ({"instruction", "examples": [{"input", "output"}], "query",
-        "refine": none|table|native}) renders an ICL prompt whose examples PAIR may reorder at admission;
-        meta_info then carries icl_order and icl_substituted. Safe to call from many threads at once.
+        new part. Bad input raises ValueError naming the field, and nothing is queued. `icl` ({"instruction",
+        "examples": [{"input", "output"}], "query", "refine": none|table|native}) renders an ICL prompt whose
+        examples PAIR may reorder at admission; meta_info then carries icl_order and icl_substituted. Safe to call
+        from many threads at once.
         """
         states, single = self._submit(prompt, sampling_params, input_ids, icl, stream)
         if stream:
