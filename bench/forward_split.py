@@ -34,7 +34,7 @@ from engine.scheduler.batch import ForwardMode
 PIECES = ((ModelRunner, "build_forward_batch", "batch build"), (BucketedLinear, "forward", "linears"),
           (TorchNativeBackend, "_extend", "extend attention"), (TorchNativeBackend, "_decode", "decode attention"),
           (CpuBackend, "_decode", "decode attention"))
-PIECE_NAMES = ("batch build", "linears", "extend attention", "decode attention")
+PIECE_NAMES = tuple(dict.fromkeys(piece for _, _, piece in PIECES))  # in order, once each
 
 
 class ForwardSplit:

@@ -169,11 +169,11 @@ class Engine:
             self._cv.notify_all()
         return states, single
 
-    def _wait(self, st: ReqState, stream: bool) -> dict[str, Any]:
-        """Block until `st` has new tokens (stream) or has finished; the result with the text detokenized so far."""
+    def _wait(self, st: ReqState) -> dict[str, Any]:
+        """Block until `st` has new tokens (a stream) or has finished; the result with the text detokenized so far."""
         with self._lock:
             st.cv.wait_for(lambda: st.finished or self._error is not None
-                           or (stream and len(st.output_ids) > st.seen))
+                           or (st.stream and len(st.output_ids) > st.seen))
             if self._error is not None and not st.finished:
                 raise self._error
             output_ids, last, finished = list(st.output_ids), st.last, st.finished
@@ -186,7 +186,7 @@ class Engine:
 
     def _wait_all(self, states: list[ReqState]) -> list[dict[str, Any]]:
         try:
-            return [self._wait(st, stream=False) for st in states]
+            return [self._wait(st) for st in states]
         except BaseException:
             for st in states:
                 self._abort_quietly(st.inp.rid)
@@ -221,7 +221,7 @@ class Engine:
     def _stream(self, st: ReqState) -> Iterator[dict]:
         try:
             while True:
-                out = self._wait(st, stream=True)
+                out = self._wait(st)
                 yield out
                 if out["meta_info"]["finish_reason"] is not None:  # the last snapshot held every token
                     return
