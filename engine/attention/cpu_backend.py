@@ -2,7 +2,11 @@
 (engine/attention/cpu_kernel.py), which reads each request's K/V rows from the pool in place. Against the
 torch-native decode (gather into padded copies, then batched matmuls) it reads every K/V byte once instead of
 three times, and has no per-group call overheads; a model or dtype outside the kernel's limits (fp16, head_dim >
-256) keeps the torch-native decode."""
+256) keeps the torch-native decode.
+
+Where the kernel has its AMX cascade (bf16 on a CPU with AMX), each step's decode requests that share cached keys
+are grouped once per step into a tree of segments (engine/attention/prefix_tree.py), and every layer attends each
+segment once for all the requests below it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,19 +14,25 @@ from dataclasses import dataclass
 import torch
 
 from engine.attention.base import ForwardBatch
-from engine.attention.cpu_kernel import CpuDecodeKernel
+from engine.attention.cpu_kernel import CpuDecodeKernel, PrefixGroups
+from engine.attention.prefix_tree import prefix_segments
+from engine.attention.torch_decode import LEN_BUCKET
 from engine.attention.torch_native import TorchNativeBackend
+
+SEGMENT_BLOCK = LEN_BUCKET  # requests are compared every this many keys
 
 
 @dataclass(frozen=True)
 class KernelDecodePlan:
     rows: torch.Tensor  # int64 [n]: the decode requests' rows of req_to_token
     seq_lens: torch.Tensor  # int64 [n]
+    groups: PrefixGroups | None  # requests sharing a cached prefix, by index among the n (None: no cascade)
 
 
 class CpuBackend(TorchNativeBackend):
-    def __init__(self, kernel: CpuDecodeKernel, num_heads: int, num_kv_heads: int, head_dim: int):
-        super().__init__()
+    def __init__(self, kernel: CpuDecodeKernel, num_heads: int, num_kv_heads: int, head_dim: int,
+                 share_prefixes: bool = True):
+        super().__init__(share_prefixes=share_prefixes)
         self.kernel = kernel
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
 
@@ -30,9 +40,15 @@ class CpuBackend(TorchNativeBackend):
         dtype = fb.kv_pool.get_kv(0)[0].dtype
         if not self.kernel.supports(dtype, self.num_heads, self.num_kv_heads, self.head_dim):
             return super()._plan_decode(fb, lo)
-        plan = KernelDecodePlan(fb.req_pool_indices[lo:].contiguous(), fb.seq_lens[lo:].contiguous())
-        self.kernel.check_indices(fb.req_to_token, plan.rows, plan.seq_lens)  # once per step, not per layer
-        return plan
+        rows, seq_lens = fb.req_pool_indices[lo:].contiguous(), fb.seq_lens[lo:].contiguous()
+        self.kernel.check_indices(fb.req_to_token, rows, seq_lens)  # once per step, not per layer
+        groups = None
+        if self.share_prefixes and self.kernel.cascade and dtype == torch.bfloat16 and self.head_dim % 32 == 0:
+            lens = fb.seq_lens_list[lo:]
+            marks = fb.req_to_token[rows, SEGMENT_BLOCK - 1:max(lens) - 1:SEGMENT_BLOCK].tolist()  # [n, blocks]
+            segments = prefix_segments(marks, lens, SEGMENT_BLOCK)
+            groups = PrefixGroups.build(segments) if segments else None
+        return KernelDecodePlan(rows, seq_lens, groups)
 
     def _decode(self, q, k_buf, v_buf, fb: ForwardBatch) -> torch.Tensor:
         plan = self._decode_meta
@@ -40,4 +56,4 @@ class CpuBackend(TorchNativeBackend):
             return super()._decode(q, k_buf, v_buf, fb)
         n, h, d = q.shape
         return self.kernel(q.contiguous(), k_buf, v_buf, fb.req_to_token, plan.rows, plan.seq_lens,
-                           fb.sm_scale, indices_checked=True).view(n, h * d)
+                           fb.sm_scale, indices_checked=True, groups=plan.groups).view(n, h * d)

@@ -11,19 +11,46 @@ reference `decode_attention_reference` of the same contract):
   req_to_token  int32 [max_reqs, max_context], contiguous: request row, position -> slot (every slot < num_slots)
   req_pool_indices, seq_lens  int64 [B]: request b attends to positions [0, seq_lens[b]) of its row
   returns o [B, H, D] in q's dtype (written into `out` when given).
+  groups        optional `PrefixGroups`, where `cascade` is true (an AMX build, bf16, head_dim % 32 == 0): each
+                group's keys are attended once for all of its members on AMX tiles (csrc/decode_attention_amx.h);
+                the result is the same attention.
 """
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from engine.attention.prefix_tree import Segment
 from engine.cpu_build import build_library
 from engine.kernels import check_shape, check_tensor
 
 SOURCE = Path(__file__).parent / "csrc" / "decode_attention.c"
 KERNEL_DTYPES = (torch.bfloat16, torch.float32)
+
+
+@dataclass(frozen=True)
+class PrefixGroups:
+    """Decode requests that share cached keys: group g's members are the batch indices
+    members[group_start[g]:group_start[g + 1]], and its keys their positions [key_start[g], key_end[g]), the same
+    slots in each member's table row. A request's groups tile its positions from 0 to below its seq_len (one per
+    level of engine.attention.prefix_tree's segments). All int64, contiguous."""
+    group_start: torch.Tensor  # [G + 1], from 0, increasing
+    members: torch.Tensor  # [group_start[-1]]
+    key_start: torch.Tensor  # [G]
+    key_end: torch.Tensor  # [G]
+
+    @classmethod
+    def build(cls, segments: list[Segment]) -> "PrefixGroups":
+        start = [0]
+        for seg in segments:
+            start.append(start[-1] + len(seg.members))
+        return cls(torch.tensor(start, dtype=torch.int64),
+                   torch.tensor([r for seg in segments for r in seg.members], dtype=torch.int64),
+                   torch.tensor([seg.key_start for seg in segments], dtype=torch.int64),
+                   torch.tensor([seg.key_end for seg in segments], dtype=torch.int64))
 
 
 class CpuDecodeKernel:
@@ -38,6 +65,12 @@ class CpuDecodeKernel:
                        ctypes.c_int]
         fn.restype = ctypes.c_int
         self._fn = fn
+        cascade = self._lib.decode_attention_cascade
+        cascade.argtypes = fn.argtypes[:13] + [ctypes.c_int, i64, ptr, ptr, ptr, ptr]
+        cascade.restype = ctypes.c_int
+        self._cascade_fn = cascade
+        # an AMX build in a process Linux lets use tile data (the call asks for that permission once)
+        self.cascade = bool(self._lib.decode_attention_cascade_supported())
         self.max_head_dim = int(self._lib.decode_attention_max_head_dim())
         self.max_group = int(self._lib.decode_attention_max_group())
         self.vectorised = bool(self._lib.decode_attention_vectorised())
@@ -58,9 +91,10 @@ class CpuDecodeKernel:
 
     def __call__(self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, req_to_token: torch.Tensor,
                  req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float,
-                 out: torch.Tensor | None = None, indices_checked: bool = False) -> torch.Tensor:
+                 out: torch.Tensor | None = None, indices_checked: bool = False,
+                 groups: PrefixGroups | None = None) -> torch.Tensor:
         """`indices_checked`: the caller ran check_indices on these index tensors already (once per step serves
-        every layer)."""
+        every layer). `groups`: see the module doc (the kernel checks them against the table)."""
         cpu = torch.device("cpu")
         check_tensor("q", q, ndim=3, dtypes=KERNEL_DTYPES, device=cpu, contiguous=True)
         batch, num_heads, head_dim = q.shape
@@ -85,9 +119,38 @@ class CpuDecodeKernel:
             return out
         if not indices_checked:
             self.check_indices(req_to_token, req_pool_indices, seq_lens)
+        if groups is not None:
+            return self._call_cascade(q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, sm_scale, out, groups)
         rc = self._fn(q.data_ptr(), k_buf.data_ptr(), v_buf.data_ptr(), req_to_token.data_ptr(),
                       req_to_token.stride(0), req_pool_indices.data_ptr(), seq_lens.data_ptr(), out.data_ptr(),
                       batch, num_heads, num_kv_heads, head_dim, float(sm_scale), int(q.dtype == torch.bfloat16),
                       torch.get_num_threads())  # torch's intra-op setting (--num-threads) holds for the kernel too
         assert rc == 0, "decode_attention rejected shapes that passed the wrapper's checks"
+        return out
+
+    def _call_cascade(self, q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, sm_scale, out,
+                      groups: PrefixGroups) -> torch.Tensor:
+        batch, num_heads, head_dim = q.shape
+        if not self.cascade or q.dtype != torch.bfloat16 or head_dim % 32:
+            raise ValueError(f"groups: the cascade needs an AMX build (this one: {self.cascade}), bf16 and head_dim % "
+                             f"32 == 0 (got {q.dtype}, head_dim {head_dim})")
+        n = groups.key_start.numel()
+        cpu = torch.device("cpu")
+        for name in ("group_start", "members", "key_start", "key_end"):
+            check_tensor(f"groups.{name}", getattr(groups, name), ndim=1, dtypes=(torch.int64,), device=cpu,
+                         contiguous=True)
+        check_shape("groups.group_start", groups.group_start, (n + 1,))
+        check_shape("groups.members", groups.members, (int(groups.group_start[-1]),))
+        check_shape("groups.key_end", groups.key_end, (n,))
+        rc = self._cascade_fn(q.data_ptr(), k_buf.data_ptr(), v_buf.data_ptr(), req_to_token.data_ptr(),
+                              req_to_token.stride(0), req_pool_indices.data_ptr(), seq_lens.data_ptr(), out.data_ptr(),
+                              batch, num_heads, k_buf.shape[1], head_dim, float(sm_scale), torch.get_num_threads(), n,
+                              groups.group_start.data_ptr(), groups.members.data_ptr(), groups.key_start.data_ptr(),
+                              groups.key_end.data_ptr())
+        if rc == -3:
+            raise ValueError("groups: each request's groups must tile its positions from 0 to below its seq_len, "
+                             "with the same slots as its group's first member, in a table row of the batch")
+        if rc == -2:
+            raise MemoryError("decode_attention_cascade: out of memory for its partial states")
+        assert rc == 0, "decode_attention_cascade rejected shapes that passed the wrapper's checks"
         return out

@@ -151,10 +151,12 @@ static inline __m512 exp16_nonpos(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-/* One (request, kv head): blocks of 16 keys, one score per lane. Needs D % 16 == 0. */
+/* One (request, kv head): blocks of 16 keys, one score per lane. Needs D % 16 == 0. `init`, when not NULL, holds
+ * each query head's softmax state over earlier keys (G rows of [m, l, acc[D]], the layout of decode_attention_amx.h),
+ * which these keys continue. */
 static inline __attribute__((always_inline)) void attend_avx512(
         const char *q, const char *k_pool, const char *v_pool, const int32_t *slots, int64_t n, char *out,
-        int64_t kh, int64_t KVH, int64_t G, int64_t D, float scale, int is_bf16) {
+        int64_t kh, int64_t KVH, int64_t G, int64_t D, float scale, int is_bf16, const float *init) {
     const int64_t esz = is_bf16 ? 2 : 4, row_bytes = KVH * D * esz, C = D / 16;
     /* bf16 with AVX512_BF16: scores by vdpbf16ps on the raw rows (pairs of products summed in fp32; no
      * conversion), the scale applied to the summed scores; otherwise fp32 FMAs on converted rows, q pre-scaled */
@@ -169,10 +171,10 @@ static inline __attribute__((always_inline)) void attend_avx512(
         for (int64_t c = 0; c < C; ++c) {
             qf[g * C + c] = dot_bf16 ? _mm512_castsi512_ps(_mm512_loadu_si512(q + (g * D + c * 32) * esz))
                                      : _mm512_mul_ps(load16(q + (g * D + c * 16) * esz, is_bf16), _mm512_set1_ps(scale));
-            acc[g * C + c] = _mm512_setzero_ps();
+            acc[g * C + c] = init ? _mm512_loadu_ps(init + g * (D + 2) + 2 + c * 16) : _mm512_setzero_ps();
         }
-        m[g] = -FLT_MAX;
-        l[g] = 0.0f;
+        m[g] = init ? init[g * (D + 2)] : -FLT_MAX;
+        l[g] = init ? init[g * (D + 2) + 1] : 0.0f;
     }
     const __m512 score_scale = _mm512_set1_ps(dot_bf16 ? scale : 1.0f);
     const char *krow[16], *vrow[16];
@@ -244,10 +246,11 @@ static inline __attribute__((always_inline)) void attend_avx512(
 }
 
 #define ATTEND_CASE(g, d) \
-    case g: attend_avx512(q, k_pool, v_pool, slots, n, out, kh, KVH, g, d, scale, 1); return;
+    case g: attend_avx512(q, k_pool, v_pool, slots, n, out, kh, KVH, g, d, scale, 1, init); return;
 
 static void attend_bf16_specialised(const char *q, const char *k_pool, const char *v_pool, const int32_t *slots,
-                                    int64_t n, char *out, int64_t kh, int64_t KVH, int64_t G, int64_t D, float scale) {
+                                    int64_t n, char *out, int64_t kh, int64_t KVH, int64_t G, int64_t D, float scale,
+                                    const float *init) {
     if (D == 64) {
         switch (G) { ATTEND_CASE(1, 64) ATTEND_CASE(2, 64) ATTEND_CASE(3, 64) ATTEND_CASE(4, 64)
                      ATTEND_CASE(5, 64) ATTEND_CASE(6, 64) ATTEND_CASE(7, 64) ATTEND_CASE(8, 64) }
@@ -255,13 +258,45 @@ static void attend_bf16_specialised(const char *q, const char *k_pool, const cha
         switch (G) { ATTEND_CASE(1, 128) ATTEND_CASE(2, 128) ATTEND_CASE(3, 128) ATTEND_CASE(4, 128)
                      ATTEND_CASE(5, 128) ATTEND_CASE(6, 128) ATTEND_CASE(7, 128) ATTEND_CASE(8, 128) }
     }
-    attend_avx512(q, k_pool, v_pool, slots, n, out, kh, KVH, G, D, scale, 1);
+    attend_avx512(q, k_pool, v_pool, slots, n, out, kh, KVH, G, D, scale, 1, init);
 }
+
 #endif
 
 #if !defined(HAVE_AVX512) && defined(__AVX2__) && defined(__FMA__) && !defined(DA_GENERIC)
 #define HAVE_AVX2 1
 #include "decode_attention_avx2.h"
+#endif
+
+/* Request b's query heads of kv head kh over its keys row[start, n), resuming from `init` when not NULL (only the
+ * AVX-512 path takes it: the cascade entry runs only where AMX, hence AVX-512, is compiled in). */
+static void attend_task(const void *q, const void *k_pool, const void *v_pool, const int32_t *row, int64_t start,
+                        int64_t n, void *out, int64_t b, int64_t kh, int64_t H, int64_t KVH, int64_t D, float scale,
+                        int is_bf16, const float *init) {
+    const int64_t G = H / KVH, esz = is_bf16 ? 2 : 4, head0 = (b * H + kh * G) * D * esz;
+    const char *qb = (const char *)q + head0;
+    char *ob = (char *)out + head0;
+    const int32_t *slots = row + start;
+    n -= start;
+#ifdef HAVE_AVX512
+    /* constant head dims, group sizes and dtypes let the compiler unroll the loops over heads and row chunks,
+     * keeping q and the accumulators in registers */
+    if (is_bf16 && (D == 64 || D == 128) && G <= 8)
+        attend_bf16_specialised(qb, k_pool, v_pool, slots, n, ob, kh, KVH, G, D, scale, init);
+    else if (D % 16 == 0)
+        attend_avx512(qb, k_pool, v_pool, slots, n, ob, kh, KVH, G, D, scale, is_bf16, init);
+    else
+#endif
+#ifdef HAVE_AVX2
+    if (D % 8 == 0)
+        attend_avx2_specialised(qb, k_pool, v_pool, slots, n, ob, kh, KVH, G, D, scale, is_bf16);
+    else
+#endif
+        attend_generic(qb, k_pool, v_pool, slots, n, ob, kh, KVH, G, D, scale, is_bf16);
+}
+
+#if defined(HAVE_AVX512) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#include "decode_attention_amx.h"
 #endif
 
 /* The entry point: returns 0, or -1 when a limit is exceeded (the wrapper checks them first); runs on
@@ -270,30 +305,12 @@ int decode_attention(const void *q, const void *k_pool, const void *v_pool, cons
                      int64_t table_stride, const int64_t *rows, const int64_t *seq_lens, void *out, int64_t B,
                      int64_t H, int64_t KVH, int64_t D, float scale, int is_bf16, int num_threads) {
     if (D > MAX_D || H % KVH != 0 || H / KVH > MAX_G) return -1;
-    const int64_t G = H / KVH, esz = is_bf16 ? 2 : 4;
     /* the caller's thread count: OpenMP settings are per thread, and torch's may not reach the engine's thread */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads > 0 ? num_threads : 1)
     for (int64_t task = 0; task < B * KVH; ++task) {
         const int64_t b = task / KVH, kh = task % KVH;
-        const int64_t head0 = (b * H + kh * G) * D * esz;
-        const char *qb = (const char *)q + head0;
-        char *ob = (char *)out + head0;
-        const int32_t *slots = table + rows[b] * table_stride;
-#ifdef HAVE_AVX512
-        /* constant head dims, group sizes and dtypes let the compiler unroll the loops over heads and row chunks,
-         * keeping q and the accumulators in registers */
-        if (is_bf16 && (D == 64 || D == 128) && G <= 8)
-            attend_bf16_specialised(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, D, scale);
-        else if (D % 16 == 0)
-            attend_avx512(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, D, scale, is_bf16);
-        else
-#endif
-#ifdef HAVE_AVX2
-        if (D % 8 == 0)
-            attend_avx2_specialised(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, D, scale, is_bf16);
-        else
-#endif
-            attend_generic(qb, k_pool, v_pool, slots, seq_lens[b], ob, kh, KVH, G, D, scale, is_bf16);
+        attend_task(q, k_pool, v_pool, table + rows[b] * table_stride, 0, seq_lens[b], out, b, kh, H, KVH, D, scale,
+                    is_bf16, NULL);
     }
     return 0;
 }
@@ -305,6 +322,38 @@ int64_t decode_attention_max_group(void) { return MAX_G; }
 int decode_attention_vectorised(void) {
 #if defined(HAVE_AVX512) || defined(HAVE_AVX2)
     return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Decode attention with shared prefixes attended once per group (decode_attention_amx.h), for bf16 pools: the
+ * arguments of decode_attention, then n_groups groups; group g's members (indices b of this batch) are
+ * members[group_start[g] .. group_start[g + 1]), and their shared keys are positions [key_start[g], key_end[g]),
+ * which every member's table row holds with the same slots. A request's groups must tile its positions from 0 up to
+ * below its seq_len (one group per level of a prefix tree); the rest of its keys, or all of them outside any group,
+ * attend as in decode_attention. Returns 0; -1 where this build or process has no AMX or the shapes are outside its
+ * limits (bf16, head_dim % 32 == 0); -2 out of memory; -3 when the groups break that contract. */
+int decode_attention_cascade(const void *q, const void *k_pool, const void *v_pool, const int32_t *table,
+                             int64_t table_stride, const int64_t *rows, const int64_t *seq_lens, void *out, int64_t B,
+                             int64_t H, int64_t KVH, int64_t D, float scale, int num_threads, int64_t n_groups,
+                             const int64_t *group_start, const int64_t *members, const int64_t *key_start,
+                             const int64_t *key_end) {
+#ifdef HAVE_AMX
+    return amx_cascade(q, k_pool, v_pool, table, table_stride, rows, seq_lens, out, B, H, KVH, D, scale, num_threads,
+                       n_groups, group_start, members, key_start, key_end);
+#else
+    (void)q, (void)k_pool, (void)v_pool, (void)table, (void)table_stride, (void)rows, (void)seq_lens, (void)out;
+    (void)B, (void)H, (void)KVH, (void)D, (void)scale, (void)num_threads, (void)n_groups, (void)group_start;
+    (void)members, (void)key_start, (void)key_end;
+    return -1;
+#endif
+}
+
+/* 1 when decode_attention_cascade runs here: AMX compiled in and Linux lets this process use its tile data */
+int decode_attention_cascade_supported(void) {
+#ifdef HAVE_AMX
+    return amx_request_permission();
 #else
     return 0;
 #endif
