@@ -1,12 +1,14 @@
 /* Shared-prefix (cascade) decode attention by AMX tiles: included by decode_attention.c when the compiler targets
  * AMX-BF16 and AVX512_BF16 (bf16 pools, head_dim % 32 == 0).
  *
- * A group is a set of decode requests whose tables hold the same slots on positions [0, P): the radix cache hands
- * one set of slots to everyone who matched a prefix. Its prefix is attended once for all of the group's query rows
- * (members x query heads of a kv head), as matrix products on AMX tiles, in tasks of one (group, kv head, chunk
- * of AMX_CH keys); each task leaves a partial softmax state per query row: m (the max scaled score), l (the sum of
- * exp(score - m)) and acc[D] (the sum of exp(score - m) * v), fp32. The suffix of each request (its keys from P on,
- * or all of them outside a group) then runs through the vector kernel, resuming from the merged states.
+ * A group is a set of decode requests whose tables hold the same slots on positions [key_start, key_end): the radix
+ * cache hands one set of slots to everyone who matched a prefix, and engine/attention/prefix_tree.py cuts a step's
+ * requests into nested groups, one per level. A group's keys are attended once for all of its query rows
+ * (members x query heads of a kv head), as matrix products on AMX tiles, in tasks of one (group, kv head) that walk
+ * the group's keys in chunks of AMX_CH with an online softmax; each task leaves a partial softmax state per query
+ * row: m (the max scaled score), l (the sum of exp(score - m)) and acc[D] (the sum of exp(score - m) * v), fp32.
+ * The rest of each request's keys (from the end of its deepest group on, or all of them outside any group) then
+ * run through the vector kernel, resuming from the merged states of its groups.
  *
  * Why tiles pay here: the vector kernel's floor is its per-(query, key) dot-product reductions (~9 ns per key and
  * kv head of 4 query heads with every row in cache); a tile multiply does 16 x 16 x 32 products per instruction,
@@ -20,7 +22,7 @@
 #include <unistd.h>
 
 #define HAVE_AMX 1
-#define AMX_CH 128 /* prefix keys per task: its transposed K and paired V (32 KB at head_dim 64) stay in L1/L2 */
+#define AMX_CH 128 /* keys per chunk: its transposed K and paired V (32 KB at head_dim 64) stay in L1/L2 */
 #define AMX_ARCH_GET_XCOMP_PERM 0x1022
 #define AMX_ARCH_REQ_XCOMP_PERM 0x1023
 #define AMX_XFEATURE_XTILEDATA 18
