@@ -99,13 +99,11 @@ static void amx_prepare_chunk(const char *k_pool, const char *v_pool, const int3
             transpose16_epi32(r);
             for (int w = 0; w < 16; ++w) _mm512_store_si512(kt[kd][j][w], r[w]);
         }
-    uint16_t lo_idx[32], hi_idx[32];
-    for (int i = 0; i < 16; ++i) {
-        lo_idx[2 * i] = (uint16_t)i;
-        lo_idx[2 * i + 1] = (uint16_t)(32 + i);
-        hi_idx[2 * i] = (uint16_t)(16 + i);
-        hi_idx[2 * i + 1] = (uint16_t)(48 + i);
-    }
+    /* 16-bit lanes of (row 2w, row 2w + 1) interleaved: dims 0-15 of the pair, then dims 16-31 */
+    static const uint16_t lo_idx[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                        8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    static const uint16_t hi_idx[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                        24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
     const __m512i lo = _mm512_loadu_si512(lo_idx), hi = _mm512_loadu_si512(hi_idx);
     for (int64_t w = 0; w < ((nk + 31) & ~(int64_t)31) / 2; ++w) { /* padded keys get V = 0: 0 * garbage may be NaN */
         const int64_t t0 = 2 * w, t1 = 2 * w + 1;
