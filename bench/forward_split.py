@@ -29,11 +29,11 @@ from engine.model_runner import ModelRunner
 from engine.models.layers import BucketedLinear
 from engine.scheduler.batch import ForwardMode
 
-# (class, method, piece): what ForwardSplit times inside each forward; CpuBackend._decode falls back to the torch
-# decode through super(), so only the outermost timed call counts
+# (class, method, piece): what ForwardSplit times inside each forward; CpuBackend's _extend and _decode fall back to
+# the torch ones through super(), so only the outermost timed call counts
 PIECES = ((ModelRunner, "build_forward_batch", "batch build"), (BucketedLinear, "forward", "linears"),
           (TorchNativeBackend, "_extend", "extend attention"), (TorchNativeBackend, "_decode", "decode attention"),
-          (CpuBackend, "_decode", "decode attention"))
+          (CpuBackend, "_extend", "extend attention"), (CpuBackend, "_decode", "decode attention"))
 PIECE_NAMES = tuple(dict.fromkeys(piece for _, _, piece in PIECES))  # in order, once each
 
 

@@ -4,9 +4,10 @@ torch-native decode (gather into padded copies, then batched matmuls) it reads e
 three times, and has no per-group call overheads; a model or dtype outside the kernel's limits (fp16, head_dim >
 256) keeps the torch-native decode.
 
-Where the kernel has its AMX cascade (bf16 on a CPU with AMX), each step's decode requests that share cached keys
-are grouped once per step into a tree of segments (engine/attention/prefix_tree.py), and every layer attends each
-segment once for all the requests below it."""
+Where the kernel has its AMX tile paths (bf16 on a CPU with AMX), extend attention runs on them too (each request's
+new tokens over its cached prefix and causally each other, read in place: 1.6-2.3x the SDPA path with its gathered
+copies), and each step's decode requests that share cached keys are grouped once per step into a tree of segments
+(engine/attention/prefix_tree.py), so that every layer attends each segment once for all the requests below it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,12 +30,42 @@ class KernelDecodePlan:
     groups: PrefixGroups | None  # requests sharing a cached prefix, by index among the n (None: no cascade)
 
 
+@dataclass(frozen=True)
+class KernelExtendPlan:
+    rows: torch.Tensor  # int64 [n]: the extend requests' rows of req_to_token
+    prefix_lens: torch.Tensor  # int64 [n]
+    extend_lens: torch.Tensor  # int64 [n]
+    starts: torch.Tensor  # int64 [n]: each request's first row in the step's new tokens
+
+
 class CpuBackend(TorchNativeBackend):
     def __init__(self, kernel: CpuDecodeKernel, num_heads: int, num_kv_heads: int, head_dim: int,
                  share_prefixes: bool = True):
         super().__init__(share_prefixes=share_prefixes)
         self.kernel = kernel
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+
+    def _tiles(self, dtype: torch.dtype) -> bool:
+        """Whether the kernel's AMX tile paths serve this model: an AMX build, bf16, head_dim % 32 == 0."""
+        return (self.kernel.cascade and dtype == torch.bfloat16 and self.head_dim % 32 == 0
+                and self.kernel.supports(dtype, self.num_heads, self.num_kv_heads, self.head_dim))
+
+    def _plan_extend(self, fb: ForwardBatch, n: int):
+        if not self._tiles(fb.kv_pool.get_kv(0)[0].dtype):
+            return super()._plan_extend(fb, n)
+        plan = KernelExtendPlan(fb.req_pool_indices[:n].contiguous(), fb.prefix_lens[:n].contiguous(),
+                                fb.extend_lens[:n].contiguous(), fb.extend_start_loc[:n].contiguous())
+        self.kernel.check_extend_indices(fb.req_to_token, plan.rows, plan.prefix_lens, plan.extend_lens, plan.starts,
+                                         self._num_extend_tokens)  # once per step, not per layer
+        return plan
+
+    def _extend(self, q, k_new, v_new, k_buf, v_buf, fb: ForwardBatch) -> torch.Tensor:
+        plan = self._extend_meta
+        if not isinstance(plan, KernelExtendPlan):
+            return super()._extend(q, k_new, v_new, k_buf, v_buf, fb)
+        t, h, d = q.shape
+        return self.kernel.extend(q.contiguous(), k_buf, v_buf, fb.req_to_token, plan.rows, plan.prefix_lens,
+                                  plan.extend_lens, plan.starts, fb.sm_scale, indices_checked=True).view(t, h * d)
 
     def _plan_decode(self, fb: ForwardBatch, lo: int):
         dtype = fb.kv_pool.get_kv(0)[0].dtype
@@ -43,7 +74,7 @@ class CpuBackend(TorchNativeBackend):
         rows, seq_lens = fb.req_pool_indices[lo:].contiguous(), fb.seq_lens[lo:].contiguous()
         self.kernel.check_indices(fb.req_to_token, rows, seq_lens)  # once per step, not per layer
         groups = None
-        if self.share_prefixes and self.kernel.cascade and dtype == torch.bfloat16 and self.head_dim % 32 == 0:
+        if self.share_prefixes and self._tiles(dtype):
             lens = fb.seq_lens_list[lo:]
             marks = fb.req_to_token[rows, SEGMENT_BLOCK - 1:max(lens) - 1:SEGMENT_BLOCK].tolist()  # [n, blocks]
             segments = prefix_segments(marks, lens, SEGMENT_BLOCK)

@@ -11,6 +11,8 @@ reference `decode_attention_reference` of the same contract):
   req_to_token  int32 [max_reqs, max_context], contiguous: request row, position -> slot (every slot < num_slots)
   req_pool_indices, seq_lens  int64 [B]: request b attends to positions [0, seq_lens[b]) of its row
   returns o [B, H, D] in q's dtype (written into `out` when given).
+`CpuDecodeKernel.extend` (where `cascade` is true) is the extend counterpart on the same tiles: each request's new
+tokens over its cached prefix and, causally, each other.
   groups        optional `PrefixGroups`, where `cascade` is true (an AMX build, bf16, head_dim % 32 == 0): each
                 group's keys are attended once for all of its members on AMX tiles (csrc/decode_attention_amx.h);
                 the result is the same attention.
@@ -69,6 +71,10 @@ class CpuDecodeKernel:
         cascade.argtypes = fn.argtypes[:13] + [ctypes.c_int, i64, ptr, ptr, ptr, ptr]
         cascade.restype = ctypes.c_int
         self._cascade_fn = cascade
+        extend = self._lib.extend_attention_cascade
+        extend.argtypes = [ptr] * 4 + [i64] + [ptr] * 5 + [i64] * 4 + [ctypes.c_float, ctypes.c_int]
+        extend.restype = ctypes.c_int
+        self._extend_fn = extend
         # an AMX build in a process Linux lets use tile data (the call asks for that permission once)
         self.cascade = bool(self._lib.decode_attention_cascade_supported())
         self.max_head_dim = int(self._lib.decode_attention_max_head_dim())
@@ -88,6 +94,17 @@ class CpuDecodeKernel:
             raise ValueError(f"seq_lens: each must be in [1, {req_to_token.shape[1]}]")
         if int(req_pool_indices.min()) < 0 or int(req_pool_indices.max()) >= req_to_token.shape[0]:
             raise ValueError(f"req_pool_indices: each must be in [0, {req_to_token.shape[0]})")
+
+    @classmethod
+    def check_extend_indices(cls, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+                             prefix_lens: torch.Tensor, extend_lens: torch.Tensor, extend_starts: torch.Tensor,
+                             tokens: int) -> None:
+        """ValueError unless every request's positions lie in its table row and its tokens in q's `tokens` rows."""
+        if int(extend_lens.min()) < 1 or int(prefix_lens.min()) < 0:
+            raise ValueError("extend_lens, prefix_lens: each extend must be >= 1 and each prefix >= 0")
+        if int(extend_starts.min()) < 0 or int((extend_starts + extend_lens).max()) > tokens:
+            raise ValueError(f"extend_starts: each request's tokens must lie in q's {tokens} rows")
+        cls.check_indices(req_to_token, req_pool_indices, prefix_lens + extend_lens)
 
     def __call__(self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, req_to_token: torch.Tensor,
                  req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float,
@@ -153,4 +170,46 @@ class CpuDecodeKernel:
         if rc == -2:
             raise MemoryError("decode_attention_cascade: out of memory for its partial states")
         assert rc == 0, "decode_attention_cascade rejected shapes that passed the wrapper's checks"
+        return out
+
+    def extend(self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, req_to_token: torch.Tensor,
+               req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
+               extend_starts: torch.Tensor, sm_scale: float, out: torch.Tensor | None = None,
+               indices_checked: bool = False) -> torch.Tensor:
+        """Extend attention, bf16, where `cascade` is true. q, out [T, H, D]: request b's extend_lens[b] new tokens
+        are rows extend_starts[b] .. of q, at positions prefix_lens[b] .. of table row req_pool_indices[b], and
+        their K/V are already in the pool; token i of request b attends to its positions [0, prefix_lens[b] + i].
+        `indices_checked`: the caller ran check_extend_indices on these tensors (once per step)."""
+        cpu = torch.device("cpu")
+        if not self.cascade:
+            raise ValueError("extend: the tile kernel needs an AMX build (this one has none)")
+        check_tensor("q", q, ndim=3, dtypes=(torch.bfloat16,), device=cpu, contiguous=True)
+        tokens, num_heads, head_dim = q.shape
+        if head_dim % 32 or not self.supports(q.dtype, num_heads, k_buf.shape[1], head_dim):
+            raise ValueError(f"q: {num_heads} heads of dim {head_dim} over {k_buf.shape[1]} kv heads is outside the "
+                             f"tile kernel's limits (head_dim % 32 == 0)")
+        for name, buf in (("k_buf", k_buf), ("v_buf", v_buf)):
+            check_tensor(name, buf, ndim=3, dtypes=(torch.bfloat16,), device=cpu, contiguous=True)
+            check_shape(name, buf, (k_buf.shape[0], k_buf.shape[1], head_dim))
+        check_tensor("req_to_token", req_to_token, ndim=2, dtypes=(torch.int32,), device=cpu, contiguous=True)
+        batch = req_pool_indices.numel()
+        for name, t in (("req_pool_indices", req_pool_indices), ("prefix_lens", prefix_lens),
+                        ("extend_lens", extend_lens), ("extend_starts", extend_starts)):
+            check_tensor(name, t, ndim=1, dtypes=(torch.int64,), device=cpu, contiguous=True)
+            check_shape(name, t, (batch,))
+        if out is None:
+            out = torch.empty_like(q)
+        check_tensor("out", out, ndim=3, dtypes=(torch.bfloat16,), device=cpu, contiguous=True)
+        check_shape("out", out, tuple(q.shape))
+        if batch == 0:
+            return out
+        if not indices_checked:
+            self.check_extend_indices(req_to_token, req_pool_indices, prefix_lens, extend_lens, extend_starts, tokens)
+        rc = self._extend_fn(q.data_ptr(), k_buf.data_ptr(), v_buf.data_ptr(), req_to_token.data_ptr(),
+                             req_to_token.stride(0), req_pool_indices.data_ptr(),
+                             prefix_lens.data_ptr(), extend_lens.data_ptr(), extend_starts.data_ptr(), out.data_ptr(),
+                             batch, num_heads, k_buf.shape[1], head_dim, float(sm_scale), torch.get_num_threads())
+        if rc == -2:
+            raise MemoryError("extend_attention_cascade: out of memory")
+        assert rc == 0, "extend_attention_cascade rejected shapes that passed the wrapper's checks"
         return out

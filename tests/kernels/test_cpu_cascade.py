@@ -1,6 +1,7 @@
-"""The CPU kernel's AMX cascade (csrc/decode_attention_amx.h): decode requests that share cached keys, in nested
-groups, against the torch reference and the kernel without groups, on poisoned pools; groups that break the
-contract are refused. Runs where the kernel has the cascade (a CPU with AMX-BF16); elsewhere only the refusal."""
+"""The CPU kernel's AMX tile paths (csrc/decode_attention_amx.h): decode requests that share cached keys, in nested
+groups, against the torch reference and the kernel without groups, and extend attention against its reference, on
+poisoned pools; groups or extend indices that break the contract are refused. Runs where the kernel has the tiles
+(a CPU with AMX-BF16); elsewhere only the refusal."""
 import os
 import shutil
 
@@ -153,3 +154,43 @@ def test_cpu_backend_plans_the_tree_and_matches_the_torch_backend(cascade, gen, 
     solo.init_forward(fb)
     assert solo._decode_meta.groups is None
     assert rel_err(out, solo.forward(q, k_new, v_new, 0, fb)) <= 1e-2
+
+
+# extend on tiles: (prefix_lens, extend_lens) per request. Prefixes across 128-key chunks, pure causal requests,
+# one new token, and 40-130 new tokens (several 128-row tasks of 32 tokens x 4 heads)
+EXTEND_CASES = [([0, 17, 300], [40, 3, 129]), ([0], [1]), ([5, 1000], [1, 7]), ([0, 0], [200, 33])]
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", SHAPES)
+@pytest.mark.parametrize("prefix_lens,extend_lens", EXTEND_CASES)
+def test_extend_matches_reference(cascade, make_pool, gen, rel_err, num_heads, num_kv_heads, head_dim, prefix_lens,
+                                  extend_lens):
+    from engine.kernels.extend_attention import extend_attention_reference
+
+    seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+    pool = make_pool(seq_lens, 1, num_kv_heads, head_dim, torch.bfloat16)
+    ext = torch.tensor(extend_lens)
+    q = torch.randn(int(ext.sum()), num_heads, head_dim, generator=gen).bfloat16()
+    args = (q, pool.k_buf, pool.v_buf, pool.req_to_token, pool.req_pool_indices, torch.tensor(prefix_lens), ext,
+            torch.cumsum(ext, 0) - ext, head_dim ** -0.5)
+    out = torch.full_like(q, float("nan"))
+    o = cascade.extend(*args, out=out)
+    assert o is out and not o.isnan().any()
+    assert rel_err(o, extend_attention_reference(*args)) <= 1e-2
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("extend_lens", torch.tensor([0, 3]), "extend_lens, prefix_lens: each extend must be >= 1"),
+    ("prefix_lens", torch.tensor([8, 1]), r"seq_lens: each must be in \[1, 9\]"),
+    ("extend_starts", torch.tensor([0, 3]), "extend_starts: each request's tokens must lie in q's 5 rows"),
+    ("req_pool_indices", torch.tensor([0, 9]), r"req_pool_indices: each must be in \[0, "),
+])
+def test_extend_rejects_bad_input(cascade, make_pool, gen, field, value, match):
+    pool = make_pool([4, 4], 1, 2, 64, torch.bfloat16)
+    args = dict(q=torch.randn(5, 8, 64, generator=gen).bfloat16(), k_buf=pool.k_buf, v_buf=pool.v_buf,
+                req_to_token=pool.req_to_token, req_pool_indices=pool.req_pool_indices,
+                prefix_lens=torch.tensor([2, 1]), extend_lens=torch.tensor([2, 3]), extend_starts=torch.tensor([0, 2]),
+                sm_scale=0.125)
+    args[field] = value
+    with pytest.raises(ValueError, match=match):
+        cascade.extend(**args)

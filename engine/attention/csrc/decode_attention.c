@@ -278,6 +278,7 @@ static void attend_task(const void *q, const void *k_pool, const void *v_pool, c
     char *ob = (char *)out + head0;
     const int32_t *slots = row + start;
     n -= start;
+    (void)init; /* read by the AVX-512 path only */
 #ifdef HAVE_AVX512
     /* constant head dims, group sizes and dtypes let the compiler unroll the loops over heads and row chunks,
      * keeping q and the accumulators in registers */
@@ -346,6 +347,25 @@ int decode_attention_cascade(const void *q, const void *k_pool, const void *v_po
     (void)q, (void)k_pool, (void)v_pool, (void)table, (void)table_stride, (void)rows, (void)seq_lens, (void)out;
     (void)B, (void)H, (void)KVH, (void)D, (void)scale, (void)num_threads, (void)n_groups, (void)group_start;
     (void)members, (void)key_start, (void)key_end;
+    return -1;
+#endif
+}
+
+/* Extend attention for bf16 pools on AMX tiles (decode_attention_amx.h): request b's extend_lens[b] new tokens,
+ * rows extend_starts[b] .. of q and out [T, H, D], sit at positions prefix_lens[b] .. of table row rows[b], whose
+ * K/V the pool already holds; each attends causally to positions [0, its own]. Returns 0; -1 where this build or
+ * process has no AMX or the shapes are outside its limits (bf16, head_dim % 32 == 0); -2 out of memory. */
+int extend_attention_cascade(const void *q, const void *k_pool, const void *v_pool, const int32_t *table,
+                             int64_t table_stride, const int64_t *rows, const int64_t *prefix_lens,
+                             const int64_t *extend_lens, const int64_t *extend_starts, void *out, int64_t B, int64_t H,
+                             int64_t KVH, int64_t D, float scale, int num_threads) {
+#ifdef HAVE_AMX
+    return amx_extend(q, k_pool, v_pool, table, table_stride, rows, prefix_lens, extend_lens, extend_starts, out, B, H,
+                      KVH, D, scale, num_threads);
+#else
+    (void)q, (void)k_pool, (void)v_pool, (void)table, (void)table_stride, (void)rows, (void)prefix_lens;
+    (void)extend_lens, (void)extend_starts, (void)out, (void)B, (void)H, (void)KVH, (void)D, (void)scale;
+    (void)num_threads;
     return -1;
 #endif
 }

@@ -1,4 +1,4 @@
-/* Shared-prefix (cascade) decode attention by AMX tiles: included by decode_attention.c when the compiler targets
+/* Shared-prefix (cascade) decode attention and extend attention by AMX tiles: included by decode_attention.c when the compiler targets
  * AMX-BF16 and AVX512_BF16 (bf16 pools, head_dim % 32 == 0).
  *
  * A group is a set of decode requests whose tables hold the same slots on positions [key_start, key_end): the radix
@@ -9,6 +9,9 @@
  * row: m (the max scaled score), l (the sum of exp(score - m)) and acc[D] (the sum of exp(score - m) * v), fp32.
  * The rest of each request's keys (from the end of its deepest group on, or all of them outside any group) then
  * run through the vector kernel, resuming from the merged states of its groups.
+ *
+ * Extend attention takes the same task: its query rows are one request's new tokens (x query heads), each row
+ * seeing the keys up to its own position (causal_base in amx_rows), and it writes normalised outputs directly.
  *
  * Why tiles pay here: the vector kernel's floor is its per-(query, key) dot-product reductions (~9 ns per key and
  * kv head of 4 query heads with every row in cache); a tile multiply does 16 x 16 x 32 products per instruction,
@@ -118,13 +121,26 @@ static void amx_prepare_chunk(const char *k_pool, const char *v_pool, const int3
     }
 }
 
-/* One (group, kv head): keys slots[0, n_keys) for the query rows of `members` (row r: member r / G, query head
- * kh * G + r % G), chunk by chunk with an online softmax; leaves each row's state [m, l, acc[D]] at
- * part + r * (D + 2). */
-static void amx_segment_task(const uint16_t *q, const char *k_pool, const char *v_pool, const int32_t *slots,
-                             int64_t n_keys, const int64_t *members, int64_t n_members, int64_t kh, int64_t H,
-                             int64_t KVH, int64_t D, float scale, float *part) {
-    const int64_t G = H / KVH, M = n_members * G, S = D + 2, KD = D / 32;
+/* Where a task's query rows come from: row r is query head kh * G + r % G of token `tokens[r / G]` (decode groups)
+ * or `first_token + r / G` (one extend request's new tokens) of q [*, H, D]; with causal_base >= 0, row r sees
+ * only the keys [0, causal_base + r / G + 1) (token r / G sits at position causal_base + r / G). */
+typedef struct {
+    const uint16_t *q;
+    int64_t H, first_token, causal_base;
+    const int64_t *tokens;
+} amx_rows;
+
+static inline int64_t amx_row_limit(const amx_rows *src, int64_t r, int64_t G, int64_t n_keys) {
+    return src->causal_base < 0 ? n_keys : src->causal_base + r / G + 1;
+}
+
+/* Query rows [row0, row0 + n_rows) of kv head kh over keys slots[0, n_keys), chunk by chunk with an online softmax.
+ * Leaves row r's state [m, l, acc[D]] at part + (r - row0) * (D + 2); with `out` (bf16 [*, H, D]) it also writes
+ * each row's normalised output there. */
+static void amx_segment_task(const amx_rows *src, const char *k_pool, const char *v_pool, const int32_t *slots,
+                             int64_t n_keys, int64_t row0, int64_t n_rows, int64_t kh, int64_t KVH, int64_t D,
+                             float scale, float *part, uint16_t *out) {
+    const int64_t H = src->H, G = H / KVH, S = D + 2, KD = D / 32;
     _Alignas(64) uint16_t kt[MAX_D / 32][AMX_CH / 16][16][32]; /* [dims/32][key block][dim pair][key, 2 dims] */
     _Alignas(64) uint16_t vp[MAX_D / 16][AMX_CH / 2][32];       /* [dims/16][key pair][dim, 2 keys] */
     _Alignas(64) uint16_t qb[16][MAX_D];
@@ -132,21 +148,23 @@ static void amx_segment_task(const uint16_t *q, const char *k_pool, const char *
     _Alignas(64) uint16_t p[16][AMX_CH];
     _Alignas(64) float o[16][MAX_D];
     float corr[16];
-    for (int64_t r = 0; r < M; ++r) {
+    for (int64_t r = 0; r < n_rows; ++r) {
         part[r * S] = -FLT_MAX;
         memset(part + r * S + 1, 0, (size_t)(D + 1) * 4);
     }
+    const int64_t last_limit = amx_row_limit(src, row0 + n_rows - 1, G, n_keys);
     const __m512 vscale = _mm512_set1_ps(scale);
-    for (int64_t c0 = 0; c0 < n_keys; c0 += AMX_CH) {
+    for (int64_t c0 = 0; c0 < n_keys && c0 < last_limit; c0 += AMX_CH) {
         const int64_t nk = n_keys - c0 < AMX_CH ? n_keys - c0 : AMX_CH;
         const int64_t nb16 = (nk + 15) / 16, nk32 = (nk + 31) & ~(int64_t)31;
         amx_prepare_chunk(k_pool, v_pool, slots + c0, nk, kh, KVH, D, kt, vp);
-        for (int64_t r0 = 0; r0 < M; r0 += 16) {
-            const int64_t rows = M - r0 < 16 ? M - r0 : 16;
+        for (int64_t r0 = 0; r0 < n_rows; r0 += 16) {
+            const int64_t rows = n_rows - r0 < 16 ? n_rows - r0 : 16;
+            if (amx_row_limit(src, row0 + r0 + rows - 1, G, n_keys) <= c0) continue; /* causal: sees none of it */
             for (int64_t i = 0; i < 16; ++i) {
                 if (i < rows) {
-                    const int64_t row = r0 + i, h = kh * G + row % G;
-                    memcpy(qb[i], q + (members[row / G] * H + h) * D, (size_t)D * 2);
+                    const int64_t row = row0 + r0 + i, t = src->tokens ? src->tokens[row / G] : src->first_token + row / G;
+                    memcpy(qb[i], src->q + (t * H + kh * G + row % G) * D, (size_t)D * 2);
                 } else {
                     memset(qb[i], 0, (size_t)D * 2);
                 }
@@ -161,22 +179,26 @@ static void amx_segment_task(const uint16_t *q, const char *k_pool, const char *
                 _tile_stored(0, &s[0][j * 16], AMX_CH * 4);
             }
             for (int64_t i = 0; i < 16; ++i) {
-                if (i >= rows) { /* padded query rows: their outputs are dropped, but keep their inputs finite */
+                const int64_t seen = i < rows ? amx_row_limit(src, row0 + r0 + i, G, n_keys) - c0 : 0;
+                const int64_t nv = seen < nk ? seen : nk; /* this row's keys in the chunk */
+                if (nv <= 0) { /* padded rows, or a causal row that sees none of this chunk: weights 0 */
                     memset(p[i], 0, (size_t)nk32 * 2);
+                    corr[i] = 1.0f;
                     continue;
                 }
                 float *st = part + (r0 + i) * S;
+                const int64_t nvb = (nv + 15) / 16;
                 __m512 mx = _mm512_set1_ps(st[0]);
-                for (int64_t j = 0; j < nb16; ++j) {
-                    const __mmask16 valid = nk - j * 16 >= 16 ? (__mmask16)0xffff
-                                                              : (__mmask16)((1u << (nk - j * 16)) - 1u);
+                for (int64_t j = 0; j < nvb; ++j) {
+                    const __mmask16 valid = nv - j * 16 >= 16 ? (__mmask16)0xffff
+                                                              : (__mmask16)((1u << (nv - j * 16)) - 1u);
                     mx = _mm512_mask_max_ps(mx, valid, mx, _mm512_mul_ps(_mm512_load_ps(&s[i][j * 16]), vscale));
                 }
                 const float m = _mm512_reduce_max_ps(mx);
                 __m512 sum = _mm512_setzero_ps();
                 for (int64_t j = 0; j < nk32 / 16; ++j) {
-                    const __mmask16 valid = j >= nb16 ? 0 : nk - j * 16 >= 16 ? (__mmask16)0xffff
-                                                                              : (__mmask16)((1u << (nk - j * 16)) - 1u);
+                    const __mmask16 valid = j >= nvb ? 0 : nv - j * 16 >= 16 ? (__mmask16)0xffff
+                                                                             : (__mmask16)((1u << (nv - j * 16)) - 1u);
                     const __m512 x = _mm512_fmsub_ps(_mm512_load_ps(&s[i][j * 16]), vscale, _mm512_set1_ps(m));
                     const __m512 e = _mm512_maskz_mov_ps(valid, exp16_nonpos(_mm512_min_ps(x, _mm512_setzero_ps())));
                     _mm512_store_ps(&s[i][j * 16], e);
@@ -205,6 +227,11 @@ static void amx_segment_task(const uint16_t *q, const char *k_pool, const char *
                     _mm512_storeu_ps(acc + d, _mm512_fmadd_ps(_mm512_loadu_ps(acc + d), cr, _mm512_load_ps(&o[i][d])));
             }
         }
+    }
+    if (!out) return;
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const int64_t row = row0 + r, t = src->tokens ? src->tokens[row / G] : src->first_token + row / G;
+        store_row(out + (t * H + kh * G + row % G) * D, part + r * S + 2, 1.0f / part[r * S + 1], D, 1);
     }
 }
 
@@ -300,9 +327,10 @@ static int amx_cascade(const void *q, const void *k_pool, const void *v_pool, co
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < n_groups * KVH; ++t) {
             const int64_t g = t / KVH, kh = t % KVH, lo = group_start[g], n = group_start[g + 1] - lo;
-            amx_segment_task((const uint16_t *)q, (const char *)k_pool, (const char *)v_pool,
-                             table + rows[members[lo]] * table_stride + key_start[g], key_end[g] - key_start[g],
-                             members + lo, n, kh, H, KVH, D, scale, part + part_off[g] + kh * n * G * S);
+            const amx_rows src = {(const uint16_t *)q, H, 0, -1, members + lo};
+            amx_segment_task(&src, (const char *)k_pool, (const char *)v_pool,
+                             table + rows[members[lo]] * table_stride + key_start[g], key_end[g] - key_start[g], 0,
+                             n * G, kh, KVH, D, scale, part + part_off[g] + kh * n * G * S, NULL);
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < B * KVH; ++t) {
@@ -325,5 +353,40 @@ static int amx_cascade(const void *q, const void *k_pool, const void *v_pool, co
     }
     free(part);
     free(buf);
+    return 0;
+}
+
+#define AMX_EXTEND_ROWS 128 /* query rows per extend task: 32 tokens of 4 query heads */
+
+/* extend_attention_cascade (decode_attention.c) on this build: 0, or -1 (no AMX here, or shapes outside its limits) */
+static int amx_extend(const void *q, const void *k_pool, const void *v_pool, const int32_t *table, int64_t table_stride,
+                      const int64_t *rows, const int64_t *prefix_lens, const int64_t *extend_lens,
+                      const int64_t *extend_starts, void *out, int64_t B, int64_t H, int64_t KVH, int64_t D, float scale,
+                      int num_threads) {
+    if (!amx_permitted || D % 32 != 0 || D > MAX_D || H % KVH != 0 || H / KVH > MAX_G) return -1;
+    const int64_t G = H / KVH;
+    int64_t *task_off = (int64_t *)malloc(sizeof(int64_t) * (size_t)(B + 1)); /* first task of each request */
+    if (!task_off) return -2;
+    task_off[0] = 0;
+    for (int64_t b = 0; b < B; ++b)
+        task_off[b + 1] = task_off[b] + KVH * ((extend_lens[b] * G + AMX_EXTEND_ROWS - 1) / AMX_EXTEND_ROWS);
+#pragma omp parallel num_threads(num_threads > 0 ? num_threads : 1)
+    {
+        amx_configure();
+        float part[AMX_EXTEND_ROWS * (MAX_D + 2)];
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < task_off[B]; ++t) {
+            int64_t b = 0;
+            while (task_off[b + 1] <= t) ++b;
+            const int64_t n_blocks = (task_off[b + 1] - task_off[b]) / KVH, kh = (t - task_off[b]) / n_blocks;
+            const int64_t row0 = (t - task_off[b]) % n_blocks * AMX_EXTEND_ROWS, all = extend_lens[b] * G;
+            const amx_rows src = {(const uint16_t *)q, H, extend_starts[b], prefix_lens[b], NULL};
+            amx_segment_task(&src, (const char *)k_pool, (const char *)v_pool, table + rows[b] * table_stride,
+                             prefix_lens[b] + extend_lens[b], row0, all - row0 < AMX_EXTEND_ROWS ? all - row0 : AMX_EXTEND_ROWS,
+                             kh, KVH, D, scale, part, (uint16_t *)out);
+        }
+        _tile_release();
+    }
+    free(task_off);
     return 0;
 }
