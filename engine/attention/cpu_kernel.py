@@ -11,11 +11,12 @@ reference `decode_attention_reference` of the same contract):
   req_to_token  int32 [max_reqs, max_context], contiguous: request row, position -> slot (every slot < num_slots)
   req_pool_indices, seq_lens  int64 [B]: request b attends to positions [0, seq_lens[b]) of its row
   returns o [B, H, D] in q's dtype (written into `out` when given).
-`CpuDecodeKernel.extend` (where `cascade` is true) is the extend counterpart on the same tiles: each request's new
-tokens over its cached prefix and, causally, each other.
-  groups        optional `PrefixGroups`, where `cascade` is true (an AMX build, bf16, head_dim % 32 == 0): each
-                group's keys are attended once for all of its members on AMX tiles (csrc/decode_attention_amx.h);
-                the result is the same attention.
+`CpuDecodeKernel.extend` (where `cascade` is true) is the extend counterpart on the same matrix products: each
+request's new tokens over its cached prefix and, causally, each other.
+  groups        optional `PrefixGroups`, where `cascade` is true (an AVX512_BF16 build, bf16, head_dim % 32 == 0):
+                each group's keys are attended once for all of its members, as matrix products on AMX tiles where
+                the CPU has them (`tiles`), else on AVX512_BF16 vectors (csrc/decode_attention_cascade.h); the result
+                is the same attention.
 """
 from __future__ import annotations
 
@@ -58,8 +59,11 @@ class PrefixGroups:
 class CpuDecodeKernel:
     """The loaded library; call it like engine.kernels.decode_attention.decode_attention (see module doc)."""
 
-    def __init__(self, cache_dir: Path | None = None, generic: bool = False):
-        self.path = build_library(SOURCE, cache_dir, ("DA_GENERIC",) if generic else ())
+    def __init__(self, cache_dir: Path | None = None, generic: bool = False, amx: bool = True):
+        """`generic`: the portable loop only (no vector paths, no cascade); `amx=False`: the cascade's vector
+        products even where the CPU has AMX tiles (tests check both there)."""
+        defines = (("DA_GENERIC",) if generic else ()) + (() if amx else ("DA_NO_AMX",))
+        self.path = build_library(SOURCE, cache_dir, defines)
         self._lib = ctypes.CDLL(str(self.path))
         fn = self._lib.decode_attention
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
@@ -75,8 +79,9 @@ class CpuDecodeKernel:
         extend.argtypes = [ptr] * 4 + [i64] + [ptr] * 5 + [i64] * 4 + [ctypes.c_float, ctypes.c_int]
         extend.restype = ctypes.c_int
         self._extend_fn = extend
-        # an AMX build in a process Linux lets use tile data (the call asks for that permission once)
+        # an AVX512_BF16 build; the call also asks Linux once for AMX tile data, where the build has tiles
         self.cascade = bool(self._lib.decode_attention_cascade_supported())
+        self.tiles = bool(self._lib.decode_attention_cascade_tiles())  # its products on AMX tiles, else vectors
         self.max_head_dim = int(self._lib.decode_attention_max_head_dim())
         self.max_group = int(self._lib.decode_attention_max_group())
         self.vectorised = bool(self._lib.decode_attention_vectorised())
@@ -149,8 +154,8 @@ class CpuDecodeKernel:
                       groups: PrefixGroups) -> torch.Tensor:
         batch, num_heads, head_dim = q.shape
         if not self.cascade or q.dtype != torch.bfloat16 or head_dim % 32:
-            raise ValueError(f"groups: the cascade needs an AMX build (this one: {self.cascade}), bf16 and head_dim % "
-                             f"32 == 0 (got {q.dtype}, head_dim {head_dim})")
+            raise ValueError(f"groups: the cascade needs an AVX512_BF16 build (this one: {self.cascade}), bf16 and "
+                             f"head_dim % 32 == 0 (got {q.dtype}, head_dim {head_dim})")
         n = groups.key_start.numel()
         cpu = torch.device("cpu")
         for name in ("group_start", "members", "key_start", "key_end"):
@@ -176,18 +181,18 @@ class CpuDecodeKernel:
                req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
                extend_starts: torch.Tensor, sm_scale: float, out: torch.Tensor | None = None,
                indices_checked: bool = False) -> torch.Tensor:
-        """Extend attention, bf16, where `cascade` is true. q, out [T, H, D]: request b's extend_lens[b] new tokens
-        are rows extend_starts[b] .. of q, at positions prefix_lens[b] .. of table row req_pool_indices[b], and
+        """Extend attention, bf16, where `cascade` is true (AMX tiles or AVX512_BF16 vectors). q, out [T, H, D]:
+        request b's extend_lens[b] new tokens are rows extend_starts[b] .. of q, at positions prefix_lens[b] .. of table row req_pool_indices[b], and
         their K/V are already in the pool; token i of request b attends to its positions [0, prefix_lens[b] + i].
         `indices_checked`: the caller ran check_extend_indices on these tensors (once per step)."""
         cpu = torch.device("cpu")
         if not self.cascade:
-            raise ValueError("extend: the tile kernel needs an AMX build (this one has none)")
+            raise ValueError("extend: the kernel's extend needs an AVX512_BF16 build (this one has none)")
         check_tensor("q", q, ndim=3, dtypes=(torch.bfloat16,), device=cpu, contiguous=True)
         tokens, num_heads, head_dim = q.shape
         if head_dim % 32 or not self.supports(q.dtype, num_heads, k_buf.shape[1], head_dim):
             raise ValueError(f"q: {num_heads} heads of dim {head_dim} over {k_buf.shape[1]} kv heads is outside the "
-                             f"tile kernel's limits (head_dim % 32 == 0)")
+                             f"extend kernel's limits (head_dim % 32 == 0)")
         for name, buf in (("k_buf", k_buf), ("v_buf", v_buf)):
             check_tensor(name, buf, ndim=3, dtypes=(torch.bfloat16,), device=cpu, contiguous=True)
             check_shape(name, buf, (k_buf.shape[0], k_buf.shape[1], head_dim))

@@ -1,7 +1,8 @@
-"""The CPU kernel's AMX tile paths (csrc/decode_attention_amx.h): decode requests that share cached keys, in nested
-groups, against the torch reference and the kernel without groups, and extend attention against its reference, on
-poisoned pools; groups or extend indices that break the contract are refused. Runs where the kernel has the tiles
-(a CPU with AMX-BF16); elsewhere only the refusal."""
+"""The CPU kernel's matrix-product paths (csrc/decode_attention_cascade.h): decode requests that share cached keys,
+in nested groups, against the torch reference and the kernel without groups, and extend attention against its
+reference, on poisoned pools; groups or extend indices that break the contract are refused. Runs where the kernel
+has them (a CPU with AVX512_BF16), on AVX512_BF16 vectors and, where the CPU has AMX-BF16, on tiles as well;
+elsewhere only the refusal."""
 import os
 import shutil
 
@@ -20,11 +21,21 @@ def kernel(tmp_path_factory):
     return CpuDecodeKernel(tmp_path_factory.mktemp("kernels"))
 
 
-@pytest.fixture
-def cascade(kernel):
+@pytest.fixture(scope="module")
+def vector_kernel(kernel, tmp_path_factory):
+    """The build without AMX tiles, where the default build has them (elsewhere the two are the same)."""
+    if not kernel.tiles:
+        pytest.skip("no AMX tiles here: the default build already runs the vector products")
+    built = CpuDecodeKernel(tmp_path_factory.mktemp("kernels_no_amx"), amx=False)
+    assert built.cascade and not built.tiles
+    return built
+
+
+@pytest.fixture(params=["default", "vectors"])
+def cascade(request, kernel):
     if not kernel.cascade:
-        pytest.skip("no AMX-BF16 here: the kernel has no cascade")
-    return kernel
+        pytest.skip("no AVX512_BF16 here: the kernel has no cascade")
+    return kernel if request.param == "default" else request.getfixturevalue("vector_kernel")
 
 
 def _shared_pool(gen, tree, num_kv_heads, head_dim):
@@ -110,7 +121,7 @@ def test_groups_that_break_the_contract_are_refused(cascade, gen, segments):
 
 
 def test_groups_need_the_cascade(kernel, gen):
-    """fp32 (and any build without AMX) cannot take groups: a clear error, not a silent fallback."""
+    """fp32 (and any build without AVX512_BF16) cannot take groups: a clear error, not a silent fallback."""
     k_buf, v_buf, table, rows, seq_lens = _shared_pool(gen, TREE, 2, 64)
     q = torch.randn(len(TREE), 8, 64, generator=gen)
     with pytest.raises(ValueError, match="groups: the cascade needs"):

@@ -152,7 +152,7 @@ static inline __m512 exp16_nonpos(__m512 x) {
 }
 
 /* One (request, kv head): blocks of 16 keys, one score per lane. Needs D % 16 == 0. `init`, when not NULL, holds
- * each query head's softmax state over earlier keys (G rows of [m, l, acc[D]], the layout of decode_attention_amx.h),
+ * each query head's softmax state over earlier keys (G rows of [m, l, acc[D]], the layout of decode_attention_cascade.h),
  * which these keys continue. */
 static inline __attribute__((always_inline)) void attend_avx512(
         const char *q, const char *k_pool, const char *v_pool, const int32_t *slots, int64_t n, char *out,
@@ -269,7 +269,7 @@ static void attend_bf16_specialised(const char *q, const char *k_pool, const cha
 #endif
 
 /* Request b's query heads of kv head kh over its keys row[start, n), resuming from `init` when not NULL (only the
- * AVX-512 path takes it: the cascade entry runs only where AMX, hence AVX-512, is compiled in). */
+ * AVX-512 path takes it: the cascade entry runs only where AVX512_BF16, hence AVX-512, is compiled in). */
 static void attend_task(const void *q, const void *k_pool, const void *v_pool, const int32_t *row, int64_t start,
                         int64_t n, void *out, int64_t b, int64_t kh, int64_t H, int64_t KVH, int64_t D, float scale,
                         int is_bf16, const float *init) {
@@ -296,8 +296,8 @@ static void attend_task(const void *q, const void *k_pool, const void *v_pool, c
         attend_generic(qb, k_pool, v_pool, slots, n, ob, kh, KVH, G, D, scale, is_bf16);
 }
 
-#if defined(HAVE_AVX512) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-#include "decode_attention_amx.h"
+#if defined(HAVE_AVX512) && defined(__AVX512BF16__)
+#include "decode_attention_cascade.h"
 #endif
 
 /* The entry point: returns 0, or -1 when a limit is exceeded (the wrapper checks them first); runs on
@@ -328,20 +328,20 @@ int decode_attention_vectorised(void) {
 #endif
 }
 
-/* Decode attention with shared prefixes attended once per group (decode_attention_amx.h), for bf16 pools: the
+/* Decode attention with shared prefixes attended once per group (decode_attention_cascade.h), for bf16 pools: the
  * arguments of decode_attention, then n_groups groups; group g's members (indices b of this batch) are
  * members[group_start[g] .. group_start[g + 1]), and their shared keys are positions [key_start[g], key_end[g]),
  * which every member's table row holds with the same slots. A request's groups must tile its positions from 0 up to
  * below its seq_len (one group per level of a prefix tree); the rest of its keys, or all of them outside any group,
- * attend as in decode_attention. Returns 0; -1 where this build or process has no AMX or the shapes are outside its
+ * attend as in decode_attention. Returns 0; -1 where this build has no AVX512_BF16 or the shapes are outside its
  * limits (bf16, head_dim % 32 == 0); -2 out of memory; -3 when the groups break that contract. */
 int decode_attention_cascade(const void *q, const void *k_pool, const void *v_pool, const int32_t *table,
                              int64_t table_stride, const int64_t *rows, const int64_t *seq_lens, void *out, int64_t B,
                              int64_t H, int64_t KVH, int64_t D, float scale, int num_threads, int64_t n_groups,
                              const int64_t *group_start, const int64_t *members, const int64_t *key_start,
                              const int64_t *key_end) {
-#ifdef HAVE_AMX
-    return amx_cascade(q, k_pool, v_pool, table, table_stride, rows, seq_lens, out, B, H, KVH, D, scale, num_threads,
+#ifdef HAVE_CASCADE
+    return cascade_decode(q, k_pool, v_pool, table, table_stride, rows, seq_lens, out, B, H, KVH, D, scale, num_threads,
                        n_groups, group_start, members, key_start, key_end);
 #else
     (void)q, (void)k_pool, (void)v_pool, (void)table, (void)table_stride, (void)rows, (void)seq_lens, (void)out;
@@ -351,16 +351,17 @@ int decode_attention_cascade(const void *q, const void *k_pool, const void *v_po
 #endif
 }
 
-/* Extend attention for bf16 pools on AMX tiles (decode_attention_amx.h): request b's extend_lens[b] new tokens,
- * rows extend_starts[b] .. of q and out [T, H, D], sit at positions prefix_lens[b] .. of table row rows[b], whose
- * K/V the pool already holds; each attends causally to positions [0, its own]. Returns 0; -1 where this build or
- * process has no AMX or the shapes are outside its limits (bf16, head_dim % 32 == 0); -2 out of memory. */
+/* Extend attention for bf16 pools on the cascade's matrix products (decode_attention_cascade.h): request b's
+ * extend_lens[b] new tokens, rows extend_starts[b] .. of q and out [T, H, D], sit at positions prefix_lens[b] .. of
+ * table row rows[b], whose K/V the pool already holds; each attends causally to positions [0, its own]. Returns 0;
+ * -1 where this build has no AVX512_BF16 or the shapes are outside its limits (bf16, head_dim % 32 == 0); -2 out of
+ * memory. */
 int extend_attention_cascade(const void *q, const void *k_pool, const void *v_pool, const int32_t *table,
                              int64_t table_stride, const int64_t *rows, const int64_t *prefix_lens,
                              const int64_t *extend_lens, const int64_t *extend_starts, void *out, int64_t B, int64_t H,
                              int64_t KVH, int64_t D, float scale, int num_threads) {
-#ifdef HAVE_AMX
-    return amx_extend(q, k_pool, v_pool, table, table_stride, rows, prefix_lens, extend_lens, extend_starts, out, B, H,
+#ifdef HAVE_CASCADE
+    return cascade_extend(q, k_pool, v_pool, table, table_stride, rows, prefix_lens, extend_lens, extend_starts, out, B, H,
                       KVH, D, scale, num_threads);
 #else
     (void)q, (void)k_pool, (void)v_pool, (void)table, (void)table_stride, (void)rows, (void)prefix_lens;
@@ -370,10 +371,23 @@ int extend_attention_cascade(const void *q, const void *k_pool, const void *v_po
 #endif
 }
 
-/* 1 when decode_attention_cascade runs here: AMX compiled in and Linux lets this process use its tile data */
+/* 1 when decode_attention_cascade and extend_attention_cascade run here (an AVX512_BF16 build); asks Linux for AMX
+ * tile data once, where the build has tiles, so that the calls after it use them */
 int decode_attention_cascade_supported(void) {
 #ifdef HAVE_AMX
-    return amx_request_permission();
+    amx_request_permission();
+#endif
+#ifdef HAVE_CASCADE
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* 1 when the cascade's products run on AMX tiles in this process, 0 on AVX512_BF16 vectors (or no cascade) */
+int decode_attention_cascade_tiles(void) {
+#ifdef HAVE_AMX
+    return amx_permitted;
 #else
     return 0;
 #endif
