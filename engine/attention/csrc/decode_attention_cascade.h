@@ -114,8 +114,8 @@ static int cascade_decode(const void *q, const void *k_pool, const void *v_pool,
             const int64_t g = t / KVH, kh = t % KVH, lo = group_start[g], n = group_start[g + 1] - lo;
             const seg_rows src = {(const uint16_t *)q, H, 0, -1, members + lo};
             seg_task(amx, &src, (const char *)k_pool, (const char *)v_pool,
-                             table + rows[members[lo]] * table_stride + key_start[g], key_end[g] - key_start[g], 0,
-                             n * G, kh, KVH, D, scale, part + part_off[g] + kh * n * G * S, NULL);
+                     table + rows[members[lo]] * table_stride + key_start[g], key_end[g] - key_start[g], 0, n * G, kh,
+                     KVH, D, scale, part + part_off[g] + kh * n * G * S, NULL);
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < B * KVH; ++t) {
@@ -172,8 +172,8 @@ static int cascade_extend(const void *q, const void *k_pool, const void *v_pool,
             const int64_t row0 = (t - task_off[b]) % n_blocks * SEG_EXTEND_ROWS, all = extend_lens[b] * G;
             const seg_rows src = {(const uint16_t *)q, H, extend_starts[b], prefix_lens[b], NULL};
             seg_task(amx, &src, (const char *)k_pool, (const char *)v_pool, table + rows[b] * table_stride,
-                             prefix_lens[b] + extend_lens[b], row0, all - row0 < SEG_EXTEND_ROWS ? all - row0 : SEG_EXTEND_ROWS,
-                             kh, KVH, D, scale, part, (uint16_t *)out);
+                     prefix_lens[b] + extend_lens[b], row0, all - row0 < SEG_EXTEND_ROWS ? all - row0 : SEG_EXTEND_ROWS,
+                     kh, KVH, D, scale, part, (uint16_t *)out);
         }
 #ifdef HAVE_AMX
         if (amx) _tile_release();

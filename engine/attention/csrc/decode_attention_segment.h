@@ -47,7 +47,7 @@ static inline void transpose16_epi32(__m512i *r) {
     }
 }
 
-/* One chunk's keys slots[0, nk) (nk <= SEG_CH) of kv head kh, prepared for the tiles: kt = K transposed in
+/* One chunk's keys slots[0, nk) (nk <= SEG_CH) of kv head kh, prepared for the products: kt = K transposed in
  * dword (dim pair) rows per 16-key block, vp = V in key pairs per 16 dims; keys past nk read as 0. */
 static void seg_prepare_chunk(const char *k_pool, const char *v_pool, const int32_t *slots, int64_t nk, int64_t kh,
                               int64_t KVH, int64_t D, uint16_t (*kt)[SEG_CH / 16][16][32],
@@ -159,8 +159,8 @@ static inline int64_t seg_row_limit(const seg_rows *src, int64_t r, int64_t G, i
  * Leaves row r's state [m, l, acc[D]] at part + (r - row0) * (D + 2); with `out` (bf16 [*, H, D]) it also writes
  * each row's normalised output there. */
 static void seg_task(int amx, const seg_rows *src, const char *k_pool, const char *v_pool, const int32_t *slots,
-                             int64_t n_keys, int64_t row0, int64_t n_rows, int64_t kh, int64_t KVH, int64_t D,
-                             float scale, float *part, uint16_t *out) {
+                     int64_t n_keys, int64_t row0, int64_t n_rows, int64_t kh, int64_t KVH, int64_t D, float scale,
+                     float *part, uint16_t *out) {
     const int64_t H = src->H, G = H / KVH, S = D + 2, KD = D / 32;
     _Alignas(64) uint16_t kt[MAX_D / 32][SEG_CH / 16][16][32]; /* [dims/32][key block][dim pair][key, 2 dims] */
     _Alignas(64) uint16_t vp[MAX_D / 16][SEG_CH / 2][32];       /* [dims/16][key pair][dim, 2 keys] */
