@@ -10,7 +10,8 @@ from engine.cpu_runtime import keep_freed_memory
 from engine.memory import KVPool, plan_kv_slots
 from engine.models.cpu_rmsnorm import DTYPES as RMSNORM_DTYPES
 from engine.models.cpu_rmsnorm import CpuRMSNorm
-from engine.models.layers import use_rmsnorm_kernel
+from engine.models.cpu_rotary import CpuRotary
+from engine.models.layers import use_rmsnorm_kernel, use_rotary_kernel
 from engine.models.loader import DTYPES, load_model, resolve_dtype
 from engine.sampling import SamplingBatch, sample
 from engine.scheduler.batch import ScheduledBatch
@@ -39,6 +40,7 @@ class ModelRunner:
                                            args.device)
         if isinstance(self.attn_backend, CpuBackend) and dtype in RMSNORM_DTYPES:  # its compiler builds this too
             use_rmsnorm_kernel(self.model, CpuRMSNorm())
+            use_rotary_kernel(self.model, CpuRotary())  # the same dtypes
         self.sm_scale = cfg.head_dim ** -0.5
 
     def _tensor(self, data: list[int], dtype=torch.int64) -> torch.Tensor:

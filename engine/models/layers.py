@@ -69,7 +69,7 @@ class RotaryEmbedding(nn.Module):
         cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).float()
         self.register_buffer("cos_sin", cache, persistent=False)
         self.half = head_dim // 2
-        self.kernel: Callable | None = None  # engine.kernels.rotary.apply_rotary once use_triton_kernels ran
+        self.kernel: Callable | None = None  # in place: engine.kernels.rotary (Triton) or models/cpu_rotary.py
         self._step_key: tuple[torch.Tensor, torch.dtype] | None = None
         self._step_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -220,7 +220,17 @@ def use_triton_kernels(model: nn.Module, enabled: bool = True) -> int:
 def use_rmsnorm_kernel(model: nn.Module, kernel: Callable | None) -> int:
     """Route every RMSNorm of `model` through `kernel` (the rmsnorm contract of engine/kernels/rmsnorm.py; None:
     torch ops); return how many were switched. The `cpu` backend's models use engine/models/cpu_rmsnorm.py."""
-    norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
-    for m in norms:
+    return _set_kernel(model, RMSNorm, kernel)
+
+
+def use_rotary_kernel(model: nn.Module, kernel: Callable | None) -> int:
+    """Route every RotaryEmbedding of `model` through `kernel` (in place, the contract of engine/kernels/rotary.py;
+    None: torch ops); return how many were switched. The `cpu` backend's models use engine/models/cpu_rotary.py."""
+    return _set_kernel(model, RotaryEmbedding, kernel)
+
+
+def _set_kernel(model: nn.Module, cls: type, kernel: Callable | None) -> int:
+    mods = [m for m in model.modules() if isinstance(m, cls)]  # a rotary module shared by all layers: once
+    for m in mods:
         m.kernel = kernel
-    return len(norms)
+    return len(mods)

@@ -9,20 +9,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float bf16_load(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t bf16_round(float f) { /* round to nearest even; NaN stays NaN */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#include "bf16.h"
 
 static void row_bf16(const uint16_t *x, const uint16_t *res, const uint16_t *w, uint16_t *out, uint16_t *res_out,
                      int64_t hidden, float eps) {
