@@ -56,6 +56,13 @@ class PrefixGroups:
                    torch.tensor([seg.key_end for seg in segments], dtype=torch.int64))
 
 
+def _check_int64_vectors(batch: int, **tensors: torch.Tensor) -> None:
+    """ValueError naming the first that is not a contiguous int64 CPU vector of `batch` entries."""
+    for name, t in tensors.items():
+        check_tensor(name, t, ndim=1, dtypes=(torch.int64,), device=torch.device("cpu"), contiguous=True)
+        check_shape(name, t, (batch,))
+
+
 class CpuDecodeKernel:
     """The loaded library; call it like engine.kernels.decode_attention.decode_attention (see module doc)."""
 
@@ -129,10 +136,7 @@ class CpuDecodeKernel:
             raise ValueError(f"q: {num_heads} heads over {num_kv_heads} kv heads of dim {head_dim} is outside the "
                              f"kernel's limits (head_dim <= {self.max_head_dim}, <= {self.max_group} heads per kv head)")
         check_tensor("req_to_token", req_to_token, ndim=2, dtypes=(torch.int32,), device=cpu, contiguous=True)
-        check_tensor("req_pool_indices", req_pool_indices, ndim=1, dtypes=(torch.int64,), device=cpu, contiguous=True)
-        check_shape("req_pool_indices", req_pool_indices, (batch,))
-        check_tensor("seq_lens", seq_lens, ndim=1, dtypes=(torch.int64,), device=cpu, contiguous=True)
-        check_shape("seq_lens", seq_lens, (batch,))
+        _check_int64_vectors(batch, req_pool_indices=req_pool_indices, seq_lens=seq_lens)
         if out is None:
             out = torch.empty_like(q)
         check_tensor("out", out, ndim=3, dtypes=(q.dtype,), device=cpu, contiguous=True)
@@ -198,10 +202,8 @@ class CpuDecodeKernel:
             check_shape(name, buf, (k_buf.shape[0], k_buf.shape[1], head_dim))
         check_tensor("req_to_token", req_to_token, ndim=2, dtypes=(torch.int32,), device=cpu, contiguous=True)
         batch = req_pool_indices.numel()
-        for name, t in (("req_pool_indices", req_pool_indices), ("prefix_lens", prefix_lens),
-                        ("extend_lens", extend_lens), ("extend_starts", extend_starts)):
-            check_tensor(name, t, ndim=1, dtypes=(torch.int64,), device=cpu, contiguous=True)
-            check_shape(name, t, (batch,))
+        _check_int64_vectors(batch, req_pool_indices=req_pool_indices, prefix_lens=prefix_lens,
+                             extend_lens=extend_lens, extend_starts=extend_starts)
         if out is None:
             out = torch.empty_like(q)
         check_tensor("out", out, ndim=3, dtypes=(torch.bfloat16,), device=cpu, contiguous=True)

@@ -193,8 +193,8 @@ int decode_attention_cascade(const void *q, const void *k_pool, const void *v_po
                              const int64_t *group_start, const int64_t *members, const int64_t *key_start,
                              const int64_t *key_end) {
 #ifdef HAVE_CASCADE
-    return cascade_decode(q, k_pool, v_pool, table, table_stride, rows, seq_lens, out, B, H, KVH, D, scale, num_threads,
-                       n_groups, group_start, members, key_start, key_end);
+    return cascade_decode(q, k_pool, v_pool, table, table_stride, rows, seq_lens, out, B, H, KVH, D, scale,
+                          num_threads, n_groups, group_start, members, key_start, key_end);
 #else
     (void)q, (void)k_pool, (void)v_pool, (void)table, (void)table_stride, (void)rows, (void)seq_lens, (void)out;
     (void)B, (void)H, (void)KVH, (void)D, (void)scale, (void)num_threads, (void)n_groups, (void)group_start;
@@ -213,8 +213,8 @@ int extend_attention_cascade(const void *q, const void *k_pool, const void *v_po
                              const int64_t *extend_lens, const int64_t *extend_starts, void *out, int64_t B, int64_t H,
                              int64_t KVH, int64_t D, float scale, int num_threads) {
 #ifdef HAVE_CASCADE
-    return cascade_extend(q, k_pool, v_pool, table, table_stride, rows, prefix_lens, extend_lens, extend_starts, out, B, H,
-                      KVH, D, scale, num_threads);
+    return cascade_extend(q, k_pool, v_pool, table, table_stride, rows, prefix_lens, extend_lens, extend_starts, out, B,
+                          H, KVH, D, scale, num_threads);
 #else
     (void)q, (void)k_pool, (void)v_pool, (void)table, (void)table_stride, (void)rows, (void)prefix_lens;
     (void)extend_lens, (void)extend_starts, (void)out, (void)B, (void)H, (void)KVH, (void)D, (void)scale;
