@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.model_paths import resolve_model
+from bench.common.model_paths import resolve_model
 from engine.attention.base import ForwardBatch, create_backend
 from engine.config import ServerArgs
 from engine.memory import KVPool

@@ -10,14 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.belady import belady_bound, flatten, infinite_bound
-from bench.cachesim import gap_closed, main as cachesim_main, parse_capacities
-from bench.learned_policy import FEATURES, LearnedPolicy, TreeEnsemble, register_learned_policy, train
-from bench.replay import CacheReplay, ReplayContext
+from bench.cachesim.belady import belady_bound, flatten, infinite_bound
+from bench.cachesim.simulate import gap_closed, main as cachesim_main, parse_capacities
+from bench.cachesim.learned import FEATURES, LearnedPolicy, TreeEnsemble, register_learned_policy
+from bench.learned_policy import train
+from bench.cachesim.replay import CacheReplay, ReplayContext
 from engine.radix_cache import RadixCache, make_eviction_policy, unregister_eviction_policy
-from bench.traces import TraceRequest, read_mooncake, write_trace
+from bench.cachesim.traces import TraceRequest, read_mooncake, write_trace
 from bench.tracegen import icl_trace
-from bench.units import to_units
+from bench.cachesim.units import to_units
 
 
 def shared_prefix_prompts(n: int, seed: int) -> list[list[int]]:

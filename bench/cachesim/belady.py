@@ -2,7 +2,7 @@
 infinite cache.
 
 What `belady_bound` computes, exactly. Flatten the trace into block accesses: request r touches its insert
-units u_1..u_n in order (bench/units.py); an access is *weighted* when the unit is one the request looks up
+units u_1..u_n in order (bench/cachesim/units.py); an access is *weighted* when the unit is one the request looks up
 (j <= matchable), the extra last whole block the engine inserts but never matches is an unweighted access.
 A cache of C blocks may load a unit only when it is accessed, may decline to load it (bypass), and scores a
 hit for every weighted access to a resident unit. The bound is the maximum number of hits over all such
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.units import UnitTrace
+from bench.cachesim.units import UnitTrace
 
 _NEVER = np.iinfo(np.int64).max
 _CHUNK = 1 << 20  # accesses converted to Python ints at a time (bounds memory on long traces)

@@ -22,7 +22,7 @@ Latency is submit → result; TTFT is submit → the end of the step that produc
 first_token_latency). Not streaming keeps the 64-odd client threads asleep until their request ends: woken every
 step, they compete with the engine thread for the GIL and for the two cores.
 `--keep-last` sets the engine's `pair_keep_last`.
-Metric definitions: bench/logparse_report.py. One variant of `--systems HDFS --limit 200` (the longest prompts,
+Metric definitions: bench/logparse/report.py. One variant of `--systems HDFS --limit 200` (the longest prompts,
 ~1750 tokens with the bench tokenizer) takes about a minute on 2 idle cores.
 """
 from __future__ import annotations
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from bench.model_paths import resolve_model
-from bench.logparse_report import (RefineAudit, RequestRecord, add_ratios, format_pivot, format_table, prompt_shape,
+from bench.common.model_paths import resolve_model
+from bench.logparse.report import (RefineAudit, RequestRecord, add_ratios, format_pivot, format_table, prompt_shape,
                                    summarize, write_json)
 from engine.config import DTYPES, EVICTION_POLICIES
 from logparse import LOGHUB_SYSTEMS, build_stream, list_systems, load_system, to_icl
@@ -274,6 +274,3 @@ def main(argv=None) -> list[dict]:
     print(format_pivot(rows))
     return rows
 
-
-if __name__ == "__main__":
-    main()

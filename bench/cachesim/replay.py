@@ -1,6 +1,6 @@
 """Replay a UnitTrace through the engine's own RadixCache + SlotAllocator, with simulated time.
 
-Per request, in timestamp order, as engine/scheduler/kv_manager.py does it (units: see bench/units.py):
+Per request, in timestamp order, as engine/scheduler/kv_manager.py does it (units: see bench/cachesim/units.py):
   1. PAIR native (optional): refine the ICL request against this replay's tree (engine/pair/refiner.py);
   2. match_prefix(units[:matchable], record_hit=True) and lock the matched node;
   3. allocate the blocks the request still needs: ceil((input_length + output_length - 1) / block_size) minus
@@ -26,7 +26,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
-from bench.units import UnitInterner, UnitRequest, UnitTrace, unit_request
+from bench.cachesim.units import UnitInterner, UnitRequest, UnitTrace, unit_request
 from engine.pair.refiner import PairRefiner
 from engine.radix_cache import EvictionPolicy, MatchResult, RadixCache
 from engine.slot_allocator import SlotAllocator

@@ -8,7 +8,7 @@ KV capacities, beside the offline Belady bound and the infinite cache.
 Capacities are KV tokens (suffixes k / M); the pool holds capacity // block_size blocks. Reported per policy
 and capacity: token hit rate (cached prompt tokens / prompt tokens, as the engine's token_hit_rate), request
 hit rate (requests with any cached token), prefill tokens saved / computed, evicted tokens, and for each
-policy the share of the LRU→Belady gap it closes. Replay semantics: bench/replay.py; the bound: bench/belady.py.
+policy the share of the LRU→Belady gap it closes. Replay semantics: bench/cachesim/replay.py; the bound: bench/cachesim/belady.py.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import argparse
 import json
 import time
 
-from bench.belady import belady_bound, flatten, infinite_bound
-from bench.replay import CacheReplay
-from bench.traces import open_trace
-from bench.units import UnitTrace, to_units
+from bench.cachesim.belady import belady_bound, flatten, infinite_bound
+from bench.cachesim.replay import CacheReplay
+from bench.cachesim.traces import open_trace
+from bench.cachesim.units import UnitTrace, to_units
 from engine.radix_cache import eviction_policy_names
 
 DEFAULT_MODEL = "bench/data/learned_policy.json"
@@ -53,7 +53,7 @@ def footprint_tokens(trace: UnitTrace) -> int:
 
 def load_units(path: str, fmt: str, block_size: int, pair: str, limit: int | None = None,
                progress: bool = False) -> UnitTrace:
-    """Stream a trace file into units (see bench/units.py)."""
+    """Stream a trace file into units (see bench/cachesim/units.py)."""
     head, requests = open_trace(path, fmt, None, limit)
     return to_units(_checked(requests, head.block_size, block_size), block_size, pair, progress)
 
@@ -75,7 +75,7 @@ def simulate(trace: UnitTrace, capacities: list[int], policies: list[str], learn
         if p not in known:
             raise ValueError(f"policy: unknown {p!r} (choose from {', '.join(sorted(known))})")
     if "learned" in policies:  # through the engine's policy registry; replays pass it their ReplayContext
-        from bench.learned_policy import TreeEnsemble, register_learned_policy
+        from bench.cachesim.learned import TreeEnsemble, register_learned_policy
 
         register_learned_policy(TreeEnsemble.load(learned_model or DEFAULT_MODEL))
     footprint = footprint_tokens(trace)  # before the replays: native PAIR interns the prompts it builds
@@ -183,6 +183,3 @@ def main(argv=None) -> None:
     if a.plot:
         plot(result, a.plot, a.title)
 
-
-if __name__ == "__main__":
-    main()

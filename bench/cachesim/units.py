@@ -16,7 +16,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from bench.traces import TraceRequest
+from bench.cachesim.traces import TraceRequest
 from engine.pair.render import IclExample, IclPrompt
 
 

@@ -9,13 +9,13 @@
 
 Requests arrive as a Poisson process of rate R (inf: all at t=0; exponential gaps drawn with --seed), at most C
 in flight (an asyncio semaphore; time spent waiting for it is not part of TTFT, as in bench_serving).
-Backends (bench/serving_backends.py, bench/serving_hf.py): `pairserve` launches `python -m server` on a free
+Backends (bench/serving/backends.py, bench/serving/hf.py): `pairserve` launches `python -m server` on a free
 port unless --base-url is given (with the --variant's flags, a KV pool sized to hold the whole run up to
 --ample-kv-gb, and --server-args); `openai` needs --base-url and sends rendered chat messages for loghub; `hf`
 runs transformers in-process. Every backend first serves the first --warmup-requests requests untimed; HTTP
 servers then get POST /flush_cache (as bench_serving does for SGLang), so the warm-up leaves no cache hits.
 --model names the checkpoint the prompts are tokenized with (and that pairserve / hf load).
-Metrics: bench/serving_metrics.py. The result block is printed and one JSON record per run is appended to
+Metrics: bench/serving/metrics.py. The result block is printed and one JSON record per run is appended to
 --output-file. Ctrl-C (or SIGTERM) stops the run and reports over the requests that completed (the record says
 "interrupted": true).
 """
@@ -37,10 +37,10 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from bench.serving_backends import VARIANT_FLAGS, HttpTarget, LaunchedServer, flush_cache, send_request, \
+from bench.serving.backends import VARIANT_FLAGS, HttpTarget, LaunchedServer, flush_cache, send_request, \
     served_model_name
-from bench.serving_data import DATASETS, BenchRequest, build_dataset
-from bench.serving_metrics import RequestResult, compute_metrics, format_result_block
+from bench.serving.data import DATASETS, BenchRequest, build_dataset
+from bench.serving.metrics import RequestResult, compute_metrics, format_result_block
 
 BACKENDS = ("pairserve", "openai", "hf")
 
@@ -107,7 +107,7 @@ def arrival_offsets(n: int, rate: float, seed: int) -> list[float]:
 
 def launch_flags(args, model_path: str, requests: list[BenchRequest], variant: str) -> list[str]:
     """Flags for a launched pairserve: dtype, the variant's, an ample KV pool (unless --server-args sizes it)."""
-    from bench.logparse import kv_bytes_per_token
+    from bench.logparse.stream import kv_bytes_per_token
 
     extra = shlex.split(args.server_args)
     flags = ["--dtype", args.dtype, *VARIANT_FLAGS[variant]]
@@ -199,7 +199,7 @@ def open_backend(backend: str, args, model_path: str, requests: list[BenchReques
                  variant: str = "radix", opened: Callable[[object], None] = lambda x: None):
     """A runner for `backend`; a launched server is passed to `opened` (the caller stops it)."""
     if backend == "hf":
-        from bench.serving_hf import HFBackend
+        from bench.serving.hf import HFBackend
 
         return HFBackend(model_path, args.dtype)
     if base_url is None:
@@ -257,7 +257,7 @@ def main(argv=None) -> dict:
 
 def load_workload(args) -> tuple[str, list[BenchRequest], list[float]]:
     """(checkpoint dir, requests, arrival offsets) for the workload flags of add_workload_args."""
-    from bench.model_paths import resolve_model
+    from bench.common.model_paths import resolve_model
     from engine.models.loader import load_tokenizer
 
     path = resolve_model(args.model)
@@ -291,6 +291,3 @@ def _main(args) -> dict:
         append_jsonl(args.output_file, record)
     return record
 
-
-if __name__ == "__main__":
-    main()

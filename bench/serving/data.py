@@ -91,7 +91,7 @@ def gsp_requests(tokenizer, groups: int, per_group: int, system_len: int, questi
 
 def loghub_requests(tokenizer, data: str, systems: list[str], n: int) -> list[BenchRequest]:
     """The first ceil(n / len(systems)) requests of each system's InferLog stream, interleaved, cut to n."""
-    from bench.logparse import build_requests
+    from bench.logparse.stream import build_requests
     from engine.pair.render import render_icl, validate_icl
     from logparse import render_messages
 

@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from bench.serving_data import BenchRequest
-from bench.serving_metrics import RequestResult
+from bench.serving.data import BenchRequest
+from bench.serving.metrics import RequestResult
 
 NOTE = ("hf runs padded batched generate (left padding, greedy), its fastest CPU mode; transformers' "
         "generate_batch continuous batching is slower on CPU, so it is not used.")

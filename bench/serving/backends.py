@@ -1,6 +1,6 @@
 """HTTP backends of `python -m bench.serving` (pairserve, any OpenAI-compatible server) and pairserve's launcher.
 
-One request = one streaming call, timed on the client (bench/serving_metrics.py has the definitions):
+One request = one streaming call, timed on the client (bench/serving/metrics.py has the definitions):
 - random / gsp prompts → POST /v1/completions with the prompt as token ids (text for `--random-kind words`);
 - loghub ICL prompts → on pairserve, POST /generate with the `icl` object (the native route is the one whose ICL
   requests go through PAIR refinement under the server's --pair-policy); on other servers, POST
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.serving_data import BenchRequest
-from bench.serving_metrics import RequestResult
+from bench.serving.data import BenchRequest
+from bench.serving.metrics import RequestResult
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 600.0
