@@ -27,7 +27,7 @@ from engine.attention.cpu_backend import CpuBackend
 from engine.attention.torch_native import TorchNativeBackend
 from engine.model_runner import ModelRunner
 from engine.models.layers import BucketedLinear
-from engine.scheduler.batch import ForwardMode
+from engine.forward_mode import ForwardMode
 
 # (class, method, piece): what ForwardSplit times inside each forward; CpuBackend's _extend and _decode fall back to
 # the torch ones through super(), so only the outermost timed call counts

@@ -140,7 +140,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Train the learned eviction policy on one or more traces.")
     ap.add_argument("--trace", action="append", required=True, help="repeat to train on several traces")
     ap.add_argument("--format", default="pairserve", choices=["pairserve", "mooncake"])
-    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--block-size", type=int, default=None, help="default: the trace's own (see bench.cachesim)")
     ap.add_argument("--capacity", default="5%,20%", help="LRU replays to sample from: tokens or %% of footprint")
     ap.add_argument("--sample-rate", type=float, default=0.05)
     ap.add_argument("--max-samples", type=int, default=60000, help="per trace")
@@ -156,7 +156,7 @@ def main(argv=None) -> None:
         xs += x
         ys += y
     model = train(xs, ys, seed=a.seed)
-    model["meta"].update(train_traces=a.trace, block_size=a.block_size, capacities=a.capacity)
+    model["meta"].update(train_traces=a.trace, block_size=trace.block_size, capacities=a.capacity)
     with open(a.out, "w", encoding="utf-8") as f:
         json.dump(model, f, separators=(",", ":"))
     print(json.dumps(model["meta"], indent=1))

@@ -23,6 +23,7 @@ from bench.cachesim.units import UnitTrace, to_units
 from engine.radix_cache import eviction_policy_names
 
 DEFAULT_MODEL = "bench/data/learned_policy.json"
+DEFAULT_BLOCK_SIZE = 16
 
 
 def parse_capacities(text: str, footprint_tokens: int | None = None) -> list[int]:
@@ -51,16 +52,24 @@ def footprint_tokens(trace: UnitTrace) -> int:
     return len(trace.interner) * trace.block_size
 
 
-def load_units(path: str, fmt: str, block_size: int, pair: str, limit: int | None = None,
+def load_units(path: str, fmt: str, block_size: int | None, pair: str, limit: int | None = None,
                progress: bool = False) -> UnitTrace:
-    """Stream a trace file into units (see bench/cachesim/units.py)."""
-    head, requests = open_trace(path, fmt, None, limit)
+    """Stream a trace file into units (see bench/cachesim/units.py).
+
+    `block_size` None takes the trace's own (its header's; 512 for Mooncake; DEFAULT_BLOCK_SIZE for a
+    header-less trace of token ids). Given, it also names the block size of a header-less trace's hash_ids (and
+    of a Mooncake trace's); a header that says otherwise is a ValueError."""
+    head, requests = open_trace(path, fmt, block_size, limit)
+    block_size = block_size or head.block_size or DEFAULT_BLOCK_SIZE
     return to_units(_checked(requests, head.block_size, block_size), block_size, pair, progress)
 
 
 def _checked(requests, hash_block_size: int | None, block_size: int):
     """hash_ids can only be replayed at the block size they were hashed with."""
     for req in requests:
+        if req.hash_ids is not None and hash_block_size is None:
+            raise ValueError("block_size: the trace has hash_ids but no header naming their block size; "
+                             "give it with --block-size N")
         if req.hash_ids is not None and hash_block_size != block_size:
             raise ValueError(f"block_size: the trace's hash_ids cover blocks of {hash_block_size} tokens; "
                              f"replay it with --block-size {hash_block_size}")
@@ -156,7 +165,9 @@ def main(argv=None) -> None:
     ap.add_argument("--capacity", default="10k,50k,200k", help="KV tokens (10k, 1.5M) or %% of the footprint")
     ap.add_argument("--policy", default="lru,lfu,segment,belady")
     ap.add_argument("--pair", default="none", choices=["none", "table", "native"])
-    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--block-size", type=int, default=None,
+                    help="tokens per block (default: the trace's header; 512 for Mooncake; "
+                         f"{DEFAULT_BLOCK_SIZE} for a header-less trace of token ids)")
     ap.add_argument("--inflight", type=int, default=0, help="requests kept running (locked) meanwhile")
     ap.add_argument("--learned-model", default=None)
     ap.add_argument("--limit", type=int, default=None, help="first N requests only")

@@ -1,4 +1,4 @@
-"""The compiled CPU decode kernel (engine/attention/cpu_kernel.py) vs the torch reference on scattered, poisoned
+"""The compiled CPU decode kernel (engine/kernels/cpu/decode_attention.py) vs the torch reference on scattered, poisoned
 paged pools, in both of its builds: the vectorised one this machine compiles and the portable loop."""
 import os
 import shutil
@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from engine.attention.cpu_kernel import CpuDecodeKernel
-from engine.kernels.decode_attention import decode_attention_reference
+from engine.kernels.cpu.decode_attention import AVX2_MARCH, CpuDecodeKernel
+from engine.kernels.gpu.decode_attention import decode_attention_reference
 
 # Users without a C compiler get the torch backend (tests/test_attention_backends.py checks that fallback).
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
@@ -30,16 +30,31 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=["vectorised", "generic"])
+def _cpu_flags() -> str:
+    with open("/proc/cpuinfo") as f:
+        return f.read()
+
+
+HAS_AVX2 = " avx2" in _cpu_flags() and " fma" in _cpu_flags()
+
+
+# "avx2": decode_attention_avx2.h, which -march=native never picks on an AVX-512 CPU, built for AVX2 + FMA alone
+# so that it runs here on the same cases as the native build.
+@pytest.fixture(scope="module", params=["vectorised", "generic", "avx2"])
 def kernel(request, tmp_path_factory):
-    return CpuDecodeKernel(tmp_path_factory.mktemp("kernels"), generic=request.param == "generic")
+    if request.param == "avx2" and not HAS_AVX2:
+        pytest.skip("the CPU lacks AVX2 + FMA")
+    return CpuDecodeKernel(tmp_path_factory.mktemp("kernels"), generic=request.param == "generic",
+                           march=AVX2_MARCH if request.param == "avx2" else "native")
 
 
 def test_build_picks_its_path(kernel, request):
-    with open("/proc/cpuinfo") as f:
-        flags = f.read()
-    avx512, avx2 = " avx512f" in flags, " avx2" in flags and " fma" in flags
-    assert kernel.vectorised == (request.node.callspec.params["kernel"] == "vectorised" and (avx512 or avx2))
+    flags = _cpu_flags()
+    avx512 = " avx512f" in flags
+    param = request.node.callspec.params["kernel"]
+    assert kernel.vectorised == (param == "avx2" or (param == "vectorised" and (avx512 or HAS_AVX2)))
+    if param == "avx2":
+        assert not kernel.cascade  # nothing of the AVX-512 build leaked in
 
 
 @pytest.mark.parametrize("seq_lens,num_heads,num_kv_heads,head_dim,page_size,dtype", CASES)
@@ -60,7 +75,9 @@ def test_large_scores_do_not_overflow(kernel, make_pool, gen, rel_err):
     q = torch.randn(2, 4, 64, generator=gen) * 60
     args = (pool.req_to_token, pool.req_pool_indices, torch.tensor([50, 3]), 0.125)
     o = kernel(q, pool.k_buf, pool.v_buf, *args)
-    assert rel_err(o, decode_attention_reference(q, pool.k_buf, pool.v_buf, *args)) <= 1e-5
+    # An overflow gives inf/NaN or O(1) errors; fp32 scores of this size differ by summation order alone by
+    # ~1e-5 relative once exponentiated (seen: 1.6e-5 on some seeds), so the bound sits above that.
+    assert rel_err(o, decode_attention_reference(q, pool.k_buf, pool.v_buf, *args)) <= 1e-4
 
 
 def _valid_args(gen):

@@ -1,6 +1,6 @@
-"""The compiled CPU RMSNorm (engine/models/csrc/rmsnorm.c), with the contract of engine.kernels.rmsnorm.rmsnorm:
+"""The compiled CPU RMSNorm (engine/kernels/cpu/csrc/rmsnorm.c), with the contract of engine.kernels.gpu.rmsnorm.rmsnorm:
 rmsnorm(x) * weight, or with `residual` the pair (rmsnorm(x + residual) * weight, x + residual), HF's numerics
-(torch reference: engine.kernels.rmsnorm.rmsnorm_reference). The `cpu` attention backend's models use it for every
+(torch reference: engine.kernels.gpu.rmsnorm.rmsnorm_reference). The `cpu` attention backend's models use it for every
 RMSNorm (ModelRunner), so `--attention-backend torch` keeps all-torch ops."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from engine.cpu_build import build_library
-from engine.kernels import check_shape, check_tensor
+from engine.kernels.cpu.build import build_library
+from engine.kernels.checks import check_shape, check_tensor
 
 SOURCE = Path(__file__).parent / "csrc" / "rmsnorm.c"
 DTYPES = (torch.bfloat16, torch.float32)

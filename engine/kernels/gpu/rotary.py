@@ -22,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels import FLOAT_DTYPES, INDEX_DTYPES, check_launchable, check_shape, check_tensor, round_to
+from engine.kernels.checks import FLOAT_DTYPES, INDEX_DTYPES, check_shape, check_tensor
+from engine.kernels.gpu import check_launchable, round_to
 
 
 @triton.jit

@@ -1,4 +1,4 @@
-"""The compiled CPU rotary embedding (engine/models/cpu_rotary.py) against RotaryEmbedding's torch path, bit for bit,
+"""The compiled CPU rotary embedding (engine/kernels/cpu/rotary.py) against RotaryEmbedding's torch path, bit for bit,
 on q/k views of a fused projection's output (strided tokens) with irregular token counts and head layouts; bad
 input; and its wiring: models on the `cpu` attention backend use it, the `torch` backend keeps torch ops."""
 import os
@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from engine.models.cpu_rotary import CpuRotary
+from engine.kernels.cpu.rotary import CpuRotary
 from engine.models.layers import RotaryEmbedding
 
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from engine.attention.triton_backend import TritonAttentionBackend
-from engine.kernels.decode_attention import decode_attention_reference
-from engine.kernels.extend_attention import extend_attention_reference
-from engine.scheduler.batch import ForwardMode
+from engine.kernels.gpu.decode_attention import decode_attention_reference
+from engine.kernels.gpu.extend_attention import extend_attention_reference
+from engine.forward_mode import ForwardMode
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, NUM_LAYERS = 4, 1, 64, 2
 

@@ -1,5 +1,5 @@
 /* Rotary position embedding (neox style, HF's rotate_half) in place on q and k, for CPUs (built by
- * engine/models/cpu_rotary.py).
+ * engine/kernels/cpu/rotary.py).
  *
  * For a head vector x, half = head_dim / 2, the token's position p, c = cos_sin[p, :half], s = cos_sin[p, half:]
  * (fp32 rows, as engine.models.layers.RotaryEmbedding builds them):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.kernels.rmsnorm import rmsnorm, rmsnorm_reference
+from engine.kernels.gpu.rmsnorm import rmsnorm, rmsnorm_reference
 
 # Kernel and reference differ only in the summation order of the mean: at most one ulp of the output dtype.
 TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=1e-3, atol=1e-5),
@@ -64,8 +64,8 @@ def test_rejects_bad_input(kwargs, match):
 
 
 def test_cpu_launch_without_interpreter_is_a_clear_error():
-    from engine.kernels import check_launchable
-    from engine.kernels.rmsnorm import _rmsnorm_kernel
+    from engine.kernels.gpu import check_launchable
+    from engine.kernels.gpu.rmsnorm import _rmsnorm_kernel
 
     check_launchable(_rmsnorm_kernel, torch.device("cpu"))  # interpreted here (conftest.py)
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):

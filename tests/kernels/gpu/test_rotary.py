@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.kernels.rotary import apply_rotary, apply_rotary_reference, build_cos_sin_cache
+from engine.kernels.gpu.rotary import apply_rotary, apply_rotary_reference, build_cos_sin_cache
 
 # Kernel and reference both compute in fp32 and round once: at most one ulp of the output dtype apart.
 TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=1e-3, atol=1e-5),

@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
-from engine.attention.cpu_kernel import CpuDecodeKernel, PrefixGroups
+from engine.kernels.cpu.decode_attention import CpuDecodeKernel, PrefixGroups
 from engine.attention.prefix_tree import Segment, prefix_segments
-from engine.kernels.decode_attention import decode_attention_reference
+from engine.kernels.gpu.decode_attention import decode_attention_reference
 
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
 
@@ -136,7 +136,7 @@ def test_cpu_backend_plans_the_tree_and_matches_the_torch_backend(cascade, gen, 
     from engine.attention.cpu_backend import CpuBackend, KernelDecodePlan
     from engine.attention.torch_native import TorchNativeBackend
     from engine.memory import KVPool
-    from engine.scheduler.batch import ForwardMode
+    from engine.forward_mode import ForwardMode
 
     k_buf, v_buf, table, rows, seq_lens = _shared_pool(gen, TREE, 2, 64)
     pool = KVPool(k_buf.shape[0], 1, 2, 64, torch.bfloat16, "cpu")
@@ -176,7 +176,7 @@ EXTEND_CASES = [([0, 17, 300], [40, 3, 129]), ([0], [1]), ([5, 1000], [1, 7]), (
 @pytest.mark.parametrize("prefix_lens,extend_lens", EXTEND_CASES)
 def test_extend_matches_reference(cascade, make_pool, gen, rel_err, num_heads, num_kv_heads, head_dim, prefix_lens,
                                   extend_lens):
-    from engine.kernels.extend_attention import extend_attention_reference
+    from engine.kernels.gpu.extend_attention import extend_attention_reference
 
     seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
     pool = make_pool(seq_lens, 1, num_kv_heads, head_dim, torch.bfloat16)

@@ -1,5 +1,5 @@
-"""The compiled CPU rotary embedding (engine/models/csrc/rotary.c), with the contract of RotaryEmbedding.kernel
-(the one engine/kernels/rotary.py's Triton kernel has): `kernel(q, k, positions, cos_sin) -> (q, k)`, rotating
+"""The compiled CPU rotary embedding (engine/kernels/cpu/csrc/rotary.c), with the contract of RotaryEmbedding.kernel
+(the one engine/kernels/gpu/rotary.py's Triton kernel has): `kernel(q, k, positions, cos_sin) -> (q, k)`, rotating
 IN PLACE
   q          [T, num_heads, head_dim] bf16 or fp32, last dim contiguous (token and head strides free: q and k are
              views of the fused q/k/v projection's output)
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from engine.cpu_build import build_library
-from engine.kernels import check_shape, check_tensor
+from engine.kernels.cpu.build import build_library
+from engine.kernels.checks import check_shape, check_tensor
 
 SOURCE = Path(__file__).parent / "csrc" / "rotary.c"
 DTYPES = (torch.bfloat16, torch.float32)

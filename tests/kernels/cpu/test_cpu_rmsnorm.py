@@ -1,4 +1,4 @@
-"""The compiled CPU RMSNorm (engine/models/cpu_rmsnorm.py) vs the torch reference of the same contract, and its
+"""The compiled CPU RMSNorm (engine/kernels/cpu/rmsnorm.py) vs the torch reference of the same contract, and its
 wiring: models served on the `cpu` attention backend use it, the `torch` backend keeps torch ops."""
 import os
 import shutil
@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from engine.kernels.rmsnorm import rmsnorm_reference
-from engine.models.cpu_rmsnorm import CpuRMSNorm
+from engine.kernels.gpu.rmsnorm import rmsnorm_reference
+from engine.kernels.cpu.rmsnorm import CpuRMSNorm
 
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
 

@@ -1,10 +1,10 @@
-"""The compiled CPU decode-attention kernel (engine/attention/csrc/decode_attention.c): build, load, call.
+"""The compiled CPU decode-attention kernel (engine/kernels/cpu/csrc/decode_attention.c): build, load, call.
 
-The C source is compiled once per machine by engine/cpu_build.py for the host CPU (AVX-512 registers when the CPU
+The C source is compiled once per machine by engine/kernels/cpu/build.py for the host CPU (AVX-512 registers when the CPU
 has them, a portable loop otherwise). It is called through ctypes (which releases the GIL) on the tensors' memory,
 in place: no copies, no gathers.
 
-Contract of `CpuDecodeKernel.__call__` (the layouts of engine.kernels.decode_attention, which holds the torch
+Contract of `CpuDecodeKernel.__call__` (the layouts of engine.kernels.gpu.decode_attention, which holds the torch
 reference `decode_attention_reference` of the same contract):
   q             [B, H, D] bf16 or fp32, contiguous: one query token per request
   k_buf, v_buf  [num_slots, KVH, D], q's dtype, contiguous: one layer of the pool; H % KVH == 0
@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 
 from engine.attention.prefix_tree import Segment
-from engine.cpu_build import build_library
-from engine.kernels import check_shape, check_tensor
+from engine.kernels.cpu.build import build_library
+from engine.kernels.checks import check_shape, check_tensor
 
 SOURCE = Path(__file__).parent / "csrc" / "decode_attention.c"
+AVX2_MARCH = "x86-64-v3"  # AVX2 + FMA (+ F16C, BMI2), no AVX-512: what decode_attention_avx2.h compiles for
 KERNEL_DTYPES = (torch.bfloat16, torch.float32)
 
 
@@ -64,13 +65,15 @@ def _check_int64_vectors(batch: int, **tensors: torch.Tensor) -> None:
 
 
 class CpuDecodeKernel:
-    """The loaded library; call it like engine.kernels.decode_attention.decode_attention (see module doc)."""
+    """The loaded library; call it like engine.kernels.gpu.decode_attention.decode_attention (see module doc)."""
 
-    def __init__(self, cache_dir: Path | None = None, generic: bool = False, amx: bool = True):
+    def __init__(self, cache_dir: Path | None = None, generic: bool = False, amx: bool = True,
+                 march: str = "native"):
         """`generic`: the portable loop only (no vector paths, no cascade); `amx=False`: the cascade's vector
-        products even where the CPU has AMX tiles (tests check both there)."""
+        products even where the CPU has AMX tiles (tests check both there); `march`: the compiler's target, e.g.
+        AVX2_MARCH for the AVX2 + FMA path on any CPU that has those (no cascade: it needs AVX512_BF16)."""
         defines = (("DA_GENERIC",) if generic else ()) + (() if amx else ("DA_NO_AMX",))
-        self.path = build_library(SOURCE, cache_dir, defines)
+        self.path = build_library(SOURCE, cache_dir, defines, march)
         self._lib = ctypes.CDLL(str(self.path))
         fn = self._lib.decode_attention
         i64, ptr = ctypes.c_int64, ctypes.c_void_p

@@ -1,6 +1,6 @@
-/* RMSNorm, optionally fused with the residual add before it, for CPUs (built by engine/models/cpu_rmsnorm.py).
+/* RMSNorm, optionally fused with the residual add before it, for CPUs (built by engine/kernels/cpu/rmsnorm.py).
  *
- * HF LlamaRMSNorm semantics, as engine/kernels/rmsnorm.py states them: h = x + residual rounded to x's dtype (stored
+ * HF LlamaRMSNorm semantics, as engine/kernels/gpu/rmsnorm.py states them: h = x + residual rounded to x's dtype (stored
  * to residual_out), normed = h * rsqrt(mean(h^2) + eps) rounded to x's dtype, out = weight * normed rounded again.
  * x, residual, weight, out, residual_out share one dtype (bf16 as raw uint16, or fp32); rows of `hidden` contiguous
  * elements. One pass per row instead of torch's eight ops, each a trip over the tensor plus dispatch overhead.

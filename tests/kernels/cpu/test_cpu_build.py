@@ -1,11 +1,11 @@
-"""engine/cpu_build.py: one compile per source / flags / compiler / CPU, cached; clear errors when it cannot."""
+"""engine/kernels/cpu/build.py: one compile per source / flags / compiler / CPU, cached; clear errors when it cannot."""
 import os
 import shutil
 
 import pytest
 
-from engine.attention.cpu_kernel import SOURCE
-from engine.cpu_build import KernelBuildError, build_library
+from engine.kernels.cpu.decode_attention import SOURCE
+from engine.kernels.cpu.build import KernelBuildError, build_library
 
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
 

@@ -23,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels import (FLOAT_DTYPES, INDEX_DTYPES, check_launchable, check_shape, check_tensor,
-                            dot_in_fp32, is_interpreted, round_to)
+from engine.kernels.checks import FLOAT_DTYPES, INDEX_DTYPES, check_shape, check_tensor
+from engine.kernels.gpu import check_launchable, dot_in_fp32, is_interpreted, round_to
 
 _LOG2E = 1.4426950408889634
 

@@ -1,6 +1,6 @@
 """Compile a C source of this package into a shared library for the host CPU, once, and cache it.
 
-Used by the CPU kernels (engine/attention/cpu_kernel.py: decode attention; engine/models/cpu_rmsnorm.py: RMSNorm).
+Used by the CPU kernels (engine/kernels/cpu/decode_attention.py: decode attention; engine/kernels/cpu/rmsnorm.py: RMSNorm).
 The system C compiler (`$CC`, else `cc`) builds with CFLAGS for this CPU (`-march=native`) into `cache_dir`
 (default `$XDG_CACHE_HOME/pairserve/kernels`, else `~/.cache/pairserve/kernels`), under a name hashed from the
 source, flags, compiler version and CPU, so later processes load the library in milliseconds. Libraries link
@@ -38,11 +38,15 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
-def build_library(source: Path, cache_dir: Path | None = None, defines: tuple[str, ...] = ()) -> Path:
+def build_library(source: Path, cache_dir: Path | None = None, defines: tuple[str, ...] = (),
+                  march: str = "native") -> Path:
     """Compile `source` with CFLAGS and `-D` each of `defines` (once per source and the headers beside it, flags,
-    compiler and CPU); return the shared library's path. Raises KernelBuildError."""
+    compiler and CPU); return the shared library's path. Raises KernelBuildError.
+
+    `march` replaces `-march=native`: a narrower target (e.g. "x86-64-v3": AVX2 + FMA, no AVX-512) builds the
+    code paths of older CPUs on this one, which the tests use to run every path the host can execute."""
     cc = os.environ.get("CC", "cc")
-    flags = CFLAGS + tuple(f"-D{d}" for d in defines)
+    flags = tuple(f"-march={march}" if f == "-march=native" else f for f in CFLAGS) + tuple(f"-D{d}" for d in defines)
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as e:

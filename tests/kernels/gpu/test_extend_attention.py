@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.kernels.extend_attention import extend_attention, extend_attention_reference
+from engine.kernels.gpu.extend_attention import extend_attention, extend_attention_reference
 
 # Tolerance on max|out - ref| / max|ref|; fp16/bf16 are bounded by the rounding of the output itself.
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 5e-3, torch.bfloat16: 2e-2}

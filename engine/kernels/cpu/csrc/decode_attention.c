@@ -1,4 +1,4 @@
-/* Decode attention over a paged KV pool, read in place, for CPUs (built by engine/attention/cpu_kernel.py).
+/* Decode attention over a paged KV pool, read in place, for CPUs (built by engine/kernels/cpu/decode_attention.py).
  *
  * One query token per request; request b's keys are the pool rows table[rows[b], 0 .. seq_lens[b]), in order.
  * Layouts (all contiguous): q, out [B, H, D]; k_pool, v_pool [num_slots, KVH, D]; table [*, table_stride] int32.
