@@ -3,9 +3,10 @@
 `LogParser.parse(lines)` resolves a batch of lines (a whole file, or what `--follow` read since last time) in WAVES:
 1. every unresolved line is matched against the template cache (logparse.template_cache); a verified hit is its
    template, at no LLM call;
-2. the lines left are grouped by their token signature (logparse.selection.tokenize: words lowercased, numbers and
-   ids masked) and only the first line of each group (in LineId order) goes to the LLM in this wave; the others
-   wait, because the template their group-mate brings back will most likely match them too;
+2. the lines left are grouped by (the template of their most similar labelled example, their word count) and only
+   the first line of each group (in LineId order) goes to the LLM in this wave; the others wait, because the
+   template their group-mate brings back will most likely match them too (on the 12 Loghub-2k files this grouping
+   made 1,054 calls for 786 templates where grouping by masked-token signature made 1,676);
 3. the wave's calls are submitted in the chosen order (logparse.order: `prefix` = the whole-file plan, `arrival` =
    LineId order), each answer is the line's template and, post-processed, enters the cache;
 4. repeat until every line is resolved. Each wave resolves at least its own calls, so this ends, and at worst
@@ -24,7 +25,6 @@ from logparse.backends import Caller, LlmAnswer, LlmCall
 from logparse.demos import Demonstrations
 from logparse.logfile import LogLine
 from logparse.order import ORDERS, prefix_order
-from logparse.selection import tokenize
 from logparse.template_cache import CachedTemplate, TemplateCache
 from logparse.truth import GroundTruth
 
@@ -72,6 +72,7 @@ class LogParser:
     templates: dict[int, str] = field(default_factory=dict)  # LineId -> template (the output)
     stats: ParseStats = field(default_factory=ParseStats)
     _lines_of: dict[int, list[LogLine]] = field(default_factory=dict)  # cache entry index -> lines it labelled
+    _examples_of: dict[int, tuple] = field(default_factory=dict)  # LineId -> its examples (chosen once)
 
     def parse(self, lines: Sequence[LogLine]) -> None:
         """Resolve every line (fills `templates`); on an exception the lines resolved so far stay resolved."""
@@ -93,7 +94,7 @@ class LogParser:
             if self.options.use_cache:
                 first: dict[tuple[str, ...], LogLine] = {}
                 for ln in misses:
-                    first.setdefault(tuple(tokenize(ln.content)), ln)
+                    first.setdefault(self._group_key(ln), ln)
                 reps = list(first.values())
             else:
                 reps = misses
@@ -126,9 +127,19 @@ class LogParser:
                     self._lines_of.setdefault(new.index, []).append(ln)
             self._notify()
 
+    def _examples(self, ln: LogLine) -> tuple[tuple[str, str], ...]:
+        found = self._examples_of.get(ln.line_id)
+        if found is None:
+            found = self._examples_of[ln.line_id] = self.demos.examples_for(ln.content, ln.line_id)
+        return found
+
+    def _group_key(self, ln: LogLine) -> tuple:
+        """Lines likely to share a template: same nearest labelled example's template and word count."""
+        return self._examples(ln)[-1][1], len(ln.content.split())
+
     def _call_for(self, ln: LogLine) -> LlmCall:
         truth = self.truth.template_for(ln.line_id, ln.content) if self.truth is not None else None
-        return LlmCall(ln.line_id, ln.content, self.demos.examples_for(ln.content, ln.line_id), truth)
+        return LlmCall(ln.line_id, ln.content, self._examples(ln), truth)
 
     def _review(self, entry: CachedTemplate, answer: str) -> None:
         new = self.cache.review(entry, answer)

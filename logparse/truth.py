@@ -3,11 +3,16 @@ looked up per parsed line.
 
 A line's ground truth is the CSV row with its LineId when that row's Content equals the line's content (the normal
 case: the CSV was made from this file with this header format); otherwise the template of the first row with that
-exact Content; otherwise none.
+Content; otherwise none. Contents compare with all whitespace removed: the Loghub-2k CSVs went through pandas and
+the corrections (HealthApp keeps a leading space, and one corrected Content gained spaces the raw line lacks).
 """
 from __future__ import annotations
 
 from typing import Iterable
+
+
+def _key(content: str) -> str:
+    return "".join(content.split())
 
 from logparse.demos import Labelled, read_labelled_csv
 from logparse.logfile import LogLine
@@ -21,7 +26,7 @@ class GroundTruth:
         for row in self.rows:
             if row.line_id is not None:
                 self.by_line.setdefault(row.line_id, row)
-            self.by_content.setdefault(row.content, row.template)
+            self.by_content.setdefault(_key(row.content), row.template)
 
     @classmethod
     def from_csv(cls, path: str) -> "GroundTruth":
@@ -29,9 +34,10 @@ class GroundTruth:
 
     def template_for(self, line_id: int, content: str) -> str | None:
         row = self.by_line.get(line_id)
-        if row is not None and row.content == content:
+        key = _key(content)
+        if row is not None and _key(row.content) == key:
             return row.template
-        return self.by_content.get(content)
+        return self.by_content.get(key)
 
     def labels(self, lines: Iterable[LogLine]) -> dict[int, str]:
         """{LineId: template} for the lines that have a ground truth."""
