@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import ServerArgs
+from engine.config import ModelConfig, ServerArgs
 from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Req, Scheduler
@@ -95,3 +95,11 @@ def test_greedy_tokens_match_hf(arch, case, hf_reference, make_engine, request):
     mixed_steps = eng.get_stats()["mixed_steps_total"]
     if case.startswith("chunked16"):  # later prompts prefill in chunks while earlier ones decode
         assert (mixed_steps > 0) == (case == "chunked16")
+
+
+def test_model_type_gate_and_mistral_sliding_window(tiny_mistral_dir, tiny_qwen3_dir):
+    # pairserve attends over the full context: equal to sliding-window attention only up to the window
+    assert ModelConfig.from_hf(tiny_mistral_dir).max_position_embeddings == 512
+    assert ModelConfig.from_hf(tiny_qwen3_dir).max_position_embeddings == 1024  # use_sliding_window false
+    with pytest.raises(ValueError, match="model_type: 'gemma2'.*not supported"):
+        ModelConfig.from_dict({"model_type": "gemma2"})
