@@ -112,7 +112,14 @@ def iter_weights(path: str):
 
 
 def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[LlamaForCausalLM, ModelConfig]:
-    cfg = ModelConfig.from_hf(path)
+    reader = None
+    if is_gguf(path):  # one reader for the config and the weights: opening one parses all its metadata
+        from engine.models.gguf_file import gguf_hf_config, iter_gguf_weights, open_gguf
+
+        reader = open_gguf(path)
+        cfg = ModelConfig.from_dict(gguf_hf_config(path, reader), path)
+    else:
+        cfg = ModelConfig.from_hf(path)
     torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     with torch.device("meta"):
         model = ARCHITECTURES[cfg.architecture](cfg)
@@ -125,10 +132,8 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[Lla
     rotary = model.layers[0].self_attn.rotary
     fresh = type(rotary)(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
     rotary.cos_sin = fresh.cos_sin.to(device)
-    if is_gguf(path):
-        from engine.models.gguf_file import iter_gguf_weights
-
-        model.load_weights(iter_gguf_weights(path))  # dequantized to fp32, cast to the serving dtype below
+    if reader is not None:
+        model.load_weights(iter_gguf_weights(path, reader))  # dequantized to fp32, cast to the serving dtype below
     else:
         model.load_weights(iter_weights(path))
     model = model.to(torch_dtype)
