@@ -18,6 +18,8 @@ EVICTION_POLICIES = ("lru", "lfu", "segment")  # the built-ins; more via registe
 ATTENTION_BACKENDS = ("auto", "cpu", "torch", "triton", "flashinfer")
 DTYPES = ("auto", "bfloat16", "float32", "float16")  # auto: engine.models.loader.resolve_dtype
 PAIR_POLICIES = ("none", "table", "native")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # config.json model_type values engine/models serves
+GGUF_SUFFIX = ".gguf"  # a model_path naming such a file is loaded directly from it (engine/models/gguf_file.py)
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,10 @@ class ServerArgs:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """What the model runner needs from a HF config.json (Qwen2 / Llama family)."""
+    """What the model runner needs from a HF config.json (Qwen2 / Qwen3 / Llama / Mistral), or from a GGUF's
+    metadata (engine/models/gguf_file.py turns it into the same dict)."""
 
-    architecture: str  # "qwen2" | "llama"
+    architecture: str  # one of MODEL_TYPES
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -132,9 +135,15 @@ class ModelConfig:
     attention_bias: bool
     eos_token_ids: tuple[int, ...]
     rope_scaling: dict | None = None
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k before rotary
 
     @classmethod
     def from_hf(cls, path: str) -> "ModelConfig":
+        """From `path`/config.json, or from the metadata of `path` when it is a .gguf file."""
+        if path.endswith(GGUF_SUFFIX) and os.path.isfile(path):
+            from engine.models.gguf_file import gguf_hf_config  # numpy + gguf, only for GGUF paths
+
+            return cls.from_dict(gguf_hf_config(path), path)
         with open(os.path.join(path, "config.json")) as f:
             cfg = json.load(f)
         return cls.from_dict(cfg, path)
@@ -142,8 +151,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, cfg: dict, path: str = "<dict>") -> "ModelConfig":
         mtype = cfg.get("model_type", "")
-        if mtype not in ("qwen2", "llama"):
-            raise ValueError(f"model_type: {mtype!r} in {path} is not supported (qwen2, llama)")
+        if mtype not in MODEL_TYPES:
+            raise ValueError(f"model_type: {mtype!r} in {path} is not supported ({', '.join(MODEL_TYPES)})")
         heads = cfg["num_attention_heads"]
         hidden = cfg["hidden_size"]
         eos = cfg.get("eos_token_id")
@@ -164,9 +173,20 @@ class ModelConfig:
             head_dim=cfg.get("head_dim") or hidden // heads,
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope_theta),
-            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+            max_position_embeddings=_attended_context(cfg),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=(mtype == "qwen2") or bool(cfg.get("attention_bias", False)),
             eos_token_ids=eos_ids,
             rope_scaling=rope_scaling,
+            qk_norm=(mtype == "qwen3"),
         )
+
+
+def _attended_context(cfg: dict) -> int:
+    """max_position_embeddings, capped at the sliding window where the checkpoint has one in effect: pairserve's
+    attention is full-context, which equals sliding-window attention exactly while no sequence outgrows the window
+    (Mistral-7B-v0.1's 4,096; later Mistral releases and Qwen's set none)."""
+    context = cfg.get("max_position_embeddings", 4096)
+    window = cfg.get("sliding_window")
+    in_effect = cfg.get("model_type") == "mistral" or bool(cfg.get("use_sliding_window", False))
+    return min(context, window) if in_effect and window else context

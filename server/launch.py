@@ -43,8 +43,9 @@ logger = logging.getLogger("pairserve.server")
 
 
 def default_served_model_name(model_arg: str) -> str:
-    """The directory's basename for a path; a hub-style or alias name ('demo', 'org/name') as given."""
-    if os.path.isdir(model_arg):
+    """The basename for a path (a checkpoint dir, a .gguf file); a hub-style or alias name ('demo', 'org/name') as
+    given."""
+    if os.path.isdir(model_arg) or os.path.isfile(model_arg):
         return os.path.basename(os.path.normpath(os.path.abspath(model_arg)))
     return model_arg
 
@@ -198,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         model_path = resolve_model_path(args.model_path)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: a GGUF of an unsupported architecture or type
         print(f"python -m server: error: {e}", file=sys.stderr)
         return 2
     if not port_available(args.host, args.port):

@@ -4,12 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import ServerArgs
+from engine.config import ModelConfig, ServerArgs
 from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Req, Scheduler
 
 NUM_NEW = 32
+# arch -> fixture writing its tiny random checkpoint (tests/conftest.py)
+MODEL_DIRS = {"qwen2": "tiny_model_dir", "llama": "tiny_llama_dir", "qwen3": "tiny_qwen3_dir",
+              "mistral": "tiny_mistral_dir", "llama3": "tiny_llama3_dir"}
 
 
 def _prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
@@ -30,9 +33,9 @@ def _hf_greedy(model, prompt: list[int]) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("which", ["tiny_model_dir", "tiny_llama_dir"])
-def test_prefill_logits_match_hf(which, request):
-    path = request.getfixturevalue(which)
+@pytest.mark.parametrize("arch", list(MODEL_DIRS))
+def test_prefill_logits_match_hf(arch, request):
+    path = request.getfixturevalue(MODEL_DIRS[arch])
     runner = ModelRunner(ServerArgs(model_path=path, dtype="float32", kv_cache_tokens=1024), path)
     sch = Scheduler(ServerArgs(model_path=path, kv_cache_tokens=1024), runner.num_slots, runner.context_len,
                     lambda ids: "")
@@ -52,12 +55,17 @@ def test_prefill_logits_match_hf(which, request):
 
 
 @pytest.fixture(scope="module")
-def hf_reference(tiny_model_dir, tiny_llama_dir):
-    refs = {}
-    for name, path in (("qwen2", tiny_model_dir), ("llama", tiny_llama_dir)):
-        model = _hf(path)
-        refs[name] = [_hf_greedy(model, p) for p in _prompts(8, 2000)]
-    return refs
+def hf_reference(request):
+    """arch -> HF greedy tokens of the 8 prompts, computed on first use."""
+    refs: dict[str, list[list[int]]] = {}
+
+    def get(arch: str) -> list[list[int]]:
+        if arch not in refs:
+            model = _hf(request.getfixturevalue(MODEL_DIRS[arch]))
+            refs[arch] = [_hf_greedy(model, p) for p in _prompts(8, 2000)]
+        return refs[arch]
+
+    return get
 
 
 CASES = {
@@ -72,14 +80,14 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("arch", list(MODEL_DIRS))
 @pytest.mark.parametrize("case", list(CASES))
-def test_greedy_tokens_match_hf(arch, case, hf_reference, tiny_model_dir, tiny_llama_dir, make_engine):
-    path = tiny_model_dir if arch == "qwen2" else tiny_llama_dir
+def test_greedy_tokens_match_hf(arch, case, hf_reference, make_engine, request):
+    path = request.getfixturevalue(MODEL_DIRS[arch])
     eng = make_engine(path, **CASES[case])
     sp = {"max_new_tokens": NUM_NEW, "temperature": 0, "ignore_eos": True}
     outs = eng.generate(input_ids=_prompts(8, 2000), sampling_params=sp)
-    for out, ref in zip(outs, hf_reference[arch]):
+    for out, ref in zip(outs, hf_reference(arch)):
         assert out["output_ids"] == ref
         assert out["meta_info"]["finish_reason"]["type"] == "length"
     if case.startswith("retract"):
@@ -87,3 +95,11 @@ def test_greedy_tokens_match_hf(arch, case, hf_reference, tiny_model_dir, tiny_l
     mixed_steps = eng.get_stats()["mixed_steps_total"]
     if case.startswith("chunked16"):  # later prompts prefill in chunks while earlier ones decode
         assert (mixed_steps > 0) == (case == "chunked16")
+
+
+def test_model_type_gate_and_mistral_sliding_window(tiny_mistral_dir, tiny_qwen3_dir):
+    # pairserve attends over the full context: equal to sliding-window attention only up to the window
+    assert ModelConfig.from_hf(tiny_mistral_dir).max_position_embeddings == 512
+    assert ModelConfig.from_hf(tiny_qwen3_dir).max_position_embeddings == 1024  # use_sliding_window false
+    with pytest.raises(ValueError, match="model_type: 'gemma2'.*not supported"):
+        ModelConfig.from_dict({"model_type": "gemma2"})

@@ -55,7 +55,12 @@ def _inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor
         mid = (1 - smooth) * scaled / factor + smooth * scaled
         is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         return torch.where(is_mid, mid, scaled)
-    raise ValueError(f"rope_scaling: type {kind!r} is not supported (default, linear, llama3)")
+    if kind == "freq_factors":  # a GGUF's rope_freqs tensor (engine/models/gguf_file.py): llama.cpp's divisors
+        factors = torch.tensor(scaling["freq_factors"], dtype=torch.float64)
+        if factors.shape != inv_freq.shape:
+            raise ValueError(f"rope_scaling: {factors.numel()} freq_factors for {inv_freq.numel()} frequencies")
+        return inv_freq / factors
+    raise ValueError(f"rope_scaling: type {kind!r} is not supported (default, linear, llama3, freq_factors)")
 
 
 class RotaryEmbedding(nn.Module):

