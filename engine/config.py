@@ -44,6 +44,8 @@ class ServerArgs:
     schedule_policy: str = "lpm"
     schedule_conservativeness: float = 1.0
     lpm_aging_seconds: float = 2.0  # LPM: each waiting second is worth this many fractions of a full hit
+    enable_priority_scheduling: bool = False  # requests' `priority` (higher first) orders admission
+    priority_aging_seconds: float = 5.0  # a waiting request gains one priority level per this many seconds
     # cache
     disable_radix_cache: bool = False
     radix_eviction_policy: str = "lru"
@@ -85,6 +87,8 @@ class ServerArgs:
             bad("schedule_policy", f"must be one of {SCHEDULE_POLICIES}")
         if not 0.0 < self.schedule_conservativeness <= 10.0:
             bad("schedule_conservativeness", "must be in (0, 10]")
+        if not self.priority_aging_seconds > 0:
+            bad("priority_aging_seconds", "must be > 0")
         if self.radix_eviction_policy not in eviction_policy_names():  # built-ins + register_eviction_policy
             bad("radix_eviction_policy", f"must be a registered eviction policy {eviction_policy_names()}")
         if self.pair_policy not in PAIR_POLICIES:

@@ -148,11 +148,11 @@ class Engine:
 
     # --- callers' side ----------------------------------------------------------------------------------
     def _submit(self, prompt, sampling_params, input_ids, icl=None,
-                stream: bool = False) -> tuple[list[ReqState], bool]:
+                stream: bool = False, **request_fields) -> tuple[list[ReqState], bool]:
         self._check_alive()
         start = time.monotonic()  # latencies count validation and tokenization too
         inputs, single = normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.loop.context_len,
-                                          icl, self.segment_encoder)
+                                          icl, self.segment_encoder, **request_fields)
         if stream and len(inputs) != 1:
             raise ValueError("stream: streaming takes a single prompt")
         if self._omp is not None:
@@ -160,7 +160,8 @@ class Engine:
         states, reqs = [], []
         for inp in inputs:
             sp = inp.sampling
-            reqs.append(self.loop.make_request(inp.rid, inp.input_ids, sp, inp.icl))  # ValueError: nothing queued
+            reqs.append(self.loop.make_request(inp.rid, inp.input_ids, sp, inp.icl, inp.logprob,
+                                               inp.priority))  # ValueError: nothing queued
             detok = IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens, sp.stop, sp.no_stop_trim)
             states.append(ReqState(inp, detok, start, threading.Condition(self._lock), stream))
         with self._cv:
@@ -177,12 +178,16 @@ class Engine:
             if self._error is not None and not st.finished:
                 raise self._error
             output_ids, last, finished = list(st.output_ids), st.last, st.finished
+            logprobs = st.logprobs.snapshot() if st.logprobs is not None else None
         delta = st.detok.add(output_ids[st.seen:])
         if finished:
             delta += st.detok.finish()
         st.seen = len(output_ids)
         st.text += delta
-        return st.result(output_ids, last, delta)
+        return st.result(output_ids, last, delta, logprobs, self._token_text)
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
 
     def _wait_all(self, states: list[ReqState]) -> list[dict[str, Any]]:
         try:
@@ -199,7 +204,8 @@ class Engine:
     # --- public API -------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
                  input_ids: list[int] | list[list[int]] | None = None, stream: bool = False,
-                 icl: dict | list[dict] | None = None):
+                 icl: dict | list[dict] | None = None, return_logprob=None, logprob_start_len=None,
+                 top_logprobs_num=None, return_text_in_logprobs=None, priority=None):
         """Generate for one prompt (→ dict) or a batch (→ list of dicts, in order).
 
         Each dict: {"text", "output_ids", "meta_info": {"prompt_tokens", "completion_tokens", "cached_tokens",
@@ -209,8 +215,16 @@ class Engine:
         "examples": [{"input", "output"}], "query", "refine": none|table|native}) renders an ICL prompt whose
         examples PAIR may reorder at admission; meta_info then carries icl_order and icl_substituted. Safe to call
         from many threads at once.
+
+        SGLang's request fields (each one value or a list with one per prompt): `return_logprob`,
+        `logprob_start_len`, `top_logprobs_num`, `return_text_in_logprobs` (engine/logprob_options.py) put
+        input_token_logprobs, output_token_logprobs, input_top_logprobs and output_top_logprobs in meta_info;
+        `priority` (needs enable_priority_scheduling) orders admission, higher first.
         """
-        states, single = self._submit(prompt, sampling_params, input_ids, icl, stream)
+        states, single = self._submit(prompt, sampling_params, input_ids, icl, stream,
+                                      return_logprob=return_logprob, logprob_start_len=logprob_start_len,
+                                      top_logprobs_num=top_logprobs_num,
+                                      return_text_in_logprobs=return_text_in_logprobs, priority=priority)
         if stream:
             return self._stream(states[0])
         results = self._wait_all(states)
@@ -229,9 +243,10 @@ class Engine:
             if not st.finished:
                 self._abort_quietly(st.inp.rid)
 
-    async def async_generate(self, prompt=None, sampling_params=None, input_ids=None, icl=None):
-        """Async `generate` (non-streaming): the wait runs in a worker thread so the event loop stays free."""
-        states, single = self._submit(prompt, sampling_params, input_ids, icl)
+    async def async_generate(self, prompt=None, sampling_params=None, input_ids=None, icl=None, **request_fields):
+        """Async `generate` (non-streaming): the wait runs in a worker thread so the event loop stays free.
+        `request_fields`: generate's logprob and priority fields."""
+        states, single = self._submit(prompt, sampling_params, input_ids, icl, **request_fields)
         try:
             results = await asyncio.to_thread(self._wait_all, states)
         except BaseException:

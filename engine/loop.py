@@ -14,7 +14,9 @@ import random
 from typing import Any
 
 from engine.config import ServerArgs
+from engine.grammar import GrammarBackend
 from engine.knobs import LIVE_KNOBS, apply_knobs
+from engine.logprob_options import LogprobOptions
 from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from engine.pair.render import IclPrompt
@@ -26,6 +28,8 @@ from engine.trace_recorder import TraceRecorder
 
 
 logger = logging.getLogger(__name__)
+
+GRAMMAR_WAIT_S = 0.01  # an idle step waits this long at most for a compiling grammar
 
 
 class EngineLoop:
@@ -39,6 +43,7 @@ class EngineLoop:
         self.eos_token_ids = self._eos_ids(tokenizer)
         self._rng = random.Random(args.seed)
         self.failed_steps = 0  # consecutive steps whose forward raised (their requests were aborted)
+        self._grammar_backend: GrammarBackend | None = None
 
     def _decode_tail(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -49,22 +54,42 @@ class EngineLoop:
             ids.add(tokenizer.eos_token_id)
         return tuple(sorted(ids))
 
-    def add(self, rid: str, input_ids: list[int], sampling: SamplingParams, icl: IclPrompt | None = None) -> None:
+    def add(self, rid: str, input_ids: list[int], sampling: SamplingParams, icl: IclPrompt | None = None,
+            logprob: LogprobOptions | None = None, priority: int | None = None) -> None:
         """Queue one request. Raises ValueError (naming the field) if it cannot run; nothing is queued then.
 
         With `icl`, input_ids is its unrefined assembly; PAIR may rewrite it when the request is admitted."""
-        self.enqueue(self.make_request(rid, input_ids, sampling, icl))
+        self.enqueue(self.make_request(rid, input_ids, sampling, icl, logprob, priority))
 
     def make_request(self, rid: str, input_ids: list[int], sampling: SamplingParams,
-                     icl: IclPrompt | None = None) -> Req:
+                     icl: IclPrompt | None = None, logprob: LogprobOptions | None = None,
+                     priority: int | None = None) -> Req:
         """A validated Req, not yet queued (ValueError naming the field if it can never run). Touches no queue
-        state, so a caller may build requests while another thread runs a step."""
+        state, so a caller may build requests while another thread runs a step. A constrained request starts
+        compiling its grammar here (on the grammar thread)."""
         sampling.validate()
+        if logprob is not None:
+            logprob.check_prompt(len(input_ids))
+        if priority is not None:
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise ValueError(f"priority: must be an integer (got {priority!r})")
+            if not self.args.enable_priority_scheduling:
+                raise ValueError("priority: priority scheduling is off on this server "
+                                 "(start it with --enable-priority-scheduling)")
         seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(63)
         req = Req(rid=rid, input_ids=list(input_ids), sampling=sampling, eos_token_ids=self.eos_token_ids,
-                  seed=seed, icl=icl)
+                  seed=seed, icl=icl, logprob=logprob, priority=priority or 0)
         self.scheduler.check_new(req)
+        if sampling.grammar_key is not None:
+            req.grammar = self.grammar_backend().state_for(*sampling.grammar_key)
         return req
+
+    def grammar_backend(self) -> GrammarBackend:
+        """The xgrammar compiler, made on the first constrained request (its vocabulary scan takes a while)."""
+        if self._grammar_backend is None:
+            self._grammar_backend = GrammarBackend(self.tokenizer, self.runner.model_config.vocab_size,
+                                                   self.eos_token_ids)
+        return self._grammar_backend
 
     def enqueue(self, req: Req) -> None:
         """Queue a request from make_request (between steps)."""
@@ -79,15 +104,20 @@ class EngineLoop:
     def step(self) -> list[StepOutput]:
         batch = self.scheduler.schedule()
         try:
-            next_ids = self.runner.run(batch) if batch is not None else None
+            result = self.runner.run(batch) if batch is not None else None
         except Exception as e:  # a failed forward must not strand the batch's requests and their KV
             self.failed_steps += 1
             logger.exception("model runner failed; aborting the %d request(s) of this batch", batch.batch_size)
             self.scheduler.abort_batch(batch, f"{ENGINE_ERROR_PREFIX}{type(e).__name__}: {e}")
             return self._record_finished(self.scheduler.process_results(None, None), [])
         self.failed_steps = 0
-        return self._record_finished(self.scheduler.process_results(batch, next_ids),
-                                     batch.reqs if batch is not None else [])
+        if result is None:
+            compiling = self.scheduler.compiling_grammars()
+            if compiling and not self.scheduler.running:
+                compiling[0].wait(GRAMMAR_WAIT_S)  # nothing to run until a grammar compiles: do not spin
+            return self._record_finished(self.scheduler.process_results(None, None), [])
+        return self._record_finished(self.scheduler.process_results(batch, result.next_ids, result.logprobs),
+                                     batch.reqs)
 
     def _record_finished(self, outputs: list[StepOutput], batch_reqs: list[Req]) -> list[StepOutput]:
         """Trace the requests that finished in this step (if recording); returns `outputs`. Normal finishes

@@ -1,5 +1,8 @@
-"""ScheduledBatch → tensors → forward → sampled token ids. The only place that builds device tensors."""
+"""ScheduledBatch → tensors → forward → logit processing → sampled token ids (+ logprobs). The only place that
+builds device tensors."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -14,8 +17,16 @@ from engine.kernels.cpu.rmsnorm import CpuRMSNorm
 from engine.kernels.cpu.rotary import CpuRotary
 from engine.models.layers import use_rmsnorm_kernel, use_rotary_kernel
 from engine.models.loader import DTYPES, load_model, resolve_dtype
+from engine.logit_processor import LogitProcessor
+from engine.logprobs import StepLogprobs, plan_logit_rows
 from engine.sampling import SamplingBatch, sample
-from engine.scheduler.batch import ScheduledBatch
+from engine.scheduler.batch import RowLogprobs, ScheduledBatch
+
+
+@dataclass
+class StepResult:
+    next_ids: list[int]  # one per batch row (rows that do not sample carry an unused id)
+    logprobs: list[RowLogprobs | None] | None = None  # per row, for the requests that asked; None if none did
 
 
 class ModelRunner:
@@ -43,11 +54,14 @@ class ModelRunner:
             use_rmsnorm_kernel(self.model, CpuRMSNorm())
             use_rotary_kernel(self.model, CpuRotary())  # the same dtypes
         self.sm_scale = cfg.head_dim ** -0.5
+        self.logit_processor = LogitProcessor(self.max_reqs, cfg.vocab_size, args.device)
 
     def _tensor(self, data: list[int], dtype=torch.int64) -> torch.Tensor:
         return torch.tensor(data, dtype=dtype, device=self.device)
 
     def build_forward_batch(self, batch: ScheduledBatch) -> tuple[torch.Tensor, ForwardBatch]:
+        """Tensors for one step. Also plans `self.logit_rows` (engine.logprobs.LogitRows): which token rows get
+        logits; `fb.logits_index` is set when prompt logprobs need more than the last tokens."""
         rows, cols, slots = [], [], []  # one-slot writes (a decode step has one per request): one scatter
         for w in batch.table_writes:
             if len(w.slots) == 1:
@@ -65,6 +79,8 @@ class ModelRunner:
             starts.append(len(positions))
             positions.extend(range(p, p + e))
             last.append(len(positions) - 1)
+        self.logit_rows = plan_logit_rows(batch, starts, last)
+        logits_index = None if self.logit_rows.index is None else self._tensor(self.logit_rows.index)
         fb = ForwardBatch(
             mode=batch.mode, batch_size=batch.batch_size,
             req_pool_indices=self._tensor([r.req_pool_idx for r in batch.reqs]),
@@ -74,21 +90,32 @@ class ModelRunner:
             last_token_index=self._tensor(last), req_to_token=self.req_to_token, kv_pool=self.kv_pool,
             attn_backend=self.attn_backend, sm_scale=self.sm_scale, seq_lens_list=seq_lens,
             prefix_lens_list=list(batch.prefix_lens), extend_lens_list=list(batch.extend_lens),
-            num_extend=batch.num_extend,
+            num_extend=batch.num_extend, logits_index=logits_index,
         )
         return self._tensor(batch.input_ids), fb
 
     @torch.inference_mode()
     def forward(self, batch: ScheduledBatch) -> torch.Tensor:
-        """Logits [B, vocab] (float32) of each request's last new token."""
+        """Logits (float32) of the rows `self.logit_rows` names: [B, vocab], one per request's last new token,
+        unless a request asked for prompt logprobs."""
         batch.check()
         input_ids, fb = self.build_forward_batch(batch)
         self.attn_backend.init_forward(fb)
         return self.model(input_ids, fb.positions, fb)
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> list[int]:
-        logits = self.forward(batch)
+    def run(self, batch: ScheduledBatch) -> StepResult:
+        """Forward, logprobs (raw logits), logit processing (bias, min tokens, penalties, grammar), sampling."""
+        all_logits = self.forward(batch)
+        rows = self.logit_rows
+        step_lp = StepLogprobs(batch, rows, all_logits) if any(r.logprob is not None for r in batch.reqs) else None
+        logits = all_logits if rows.index is None else all_logits.index_select(
+            0, self._tensor(rows.last))  # [B, V]
+        self.logit_processor.apply(logits, batch.reqs, batch.sample)
         sb = SamplingBatch.build([r.sampling for r in batch.reqs], [len(r.output_ids) for r in batch.reqs],
                                  [r.seed for r in batch.reqs], device=self.device)
-        return sample(logits, sb).tolist()
+        next_ids = sample(logits, sb).tolist()
+        for req, do_sample, tok in zip(batch.reqs, batch.sample, next_ids):
+            if do_sample and req.grammar is not None:
+                req.grammar.accept(tok)
+        return StepResult(next_ids, step_lp.finish(next_ids) if step_lp is not None else None)

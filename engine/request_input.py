@@ -8,8 +8,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from engine.logprob_options import LogprobOptions
 from engine.pair.render import IclPrompt, SegmentEncoder, render_icl, validate_icl
 from engine.sampling_params import SamplingParams
+
+# SGLang's per-request fields besides sampling_params that normalize_inputs takes (each a value or one per prompt)
+REQUEST_FIELDS = ("return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs", "priority")
 
 
 @dataclass
@@ -18,6 +22,8 @@ class RequestInput:
     input_ids: list[int]
     sampling: SamplingParams
     icl: IclPrompt | None = None
+    logprob: LogprobOptions | None = None
+    priority: int | None = None
 
 
 def _as_list(x, n: int, name: str) -> list:
@@ -29,11 +35,15 @@ def _as_list(x, n: int, name: str) -> list:
 
 
 def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len: int, icl=None,
-                     encoder: SegmentEncoder | None = None) -> tuple[list[RequestInput], bool]:
+                     encoder: SegmentEncoder | None = None, **request_fields) -> tuple[list[RequestInput], bool]:
     """Returns (requests, single) where single says the caller passed one prompt rather than a list.
 
     Exactly one of prompt (str | list[str]), input_ids (list[int] | list[list[int]]) or icl (dict | list[dict]);
-    `encoder` (over `tokenizer`) memoises the ICL segments' tokens."""
+    `encoder` (over `tokenizer`) memoises the ICL segments' tokens. `request_fields`: REQUEST_FIELDS (logprobs,
+    priority), each one value or a list with one per prompt; None values keep the defaults."""
+    unknown = set(request_fields) - set(REQUEST_FIELDS)
+    if unknown:
+        raise ValueError(f"{sorted(unknown)[0]}: unknown field")
     if sum(x is not None for x in (prompt, input_ids, icl)) != 1:
         raise ValueError("prompt: give exactly one of prompt, input_ids or icl")
     icl_prompts: list = []
@@ -64,6 +74,7 @@ def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len:
                 raise ValueError("input_ids: must be a list of ints or a list of lists of ints")
     vocab = len(tokenizer)
     sps = _as_list(sampling_params, len(ids_list), "sampling_params")
+    per_prompt = {k: _as_list(v, len(ids_list), k) for k, v in request_fields.items()}
     out = []
     for i, (ids, spd) in enumerate(zip(ids_list, sps)):
         name = "input_ids" if input_ids is not None else ("icl" if icl is not None else "prompt")
@@ -75,5 +86,25 @@ def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len:
             raise ValueError(f"{name}: {len(ids)} tokens do not fit the context length {context_len}")
         sp = SamplingParams.from_dict(spd)
         sp.validate()
-        out.append(RequestInput(uuid.uuid4().hex, list(ids), sp, icl=icl_prompts[i] if icl_prompts else None))
+        check_vocab_fields(sp, vocab)
+        fields = {k: v[i] for k, v in per_prompt.items()}
+        priority = fields.pop("priority", None)
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise ValueError(f"priority: must be an integer (got {priority!r})")
+        logprob = LogprobOptions.from_fields(**fields)
+        if logprob is not None:
+            logprob.check_prompt(len(ids))
+        out.append(RequestInput(uuid.uuid4().hex, list(ids), sp, icl=icl_prompts[i] if icl_prompts else None,
+                                logprob=logprob, priority=priority))
     return out, single
+
+
+def check_vocab_fields(sp: SamplingParams, vocab: int) -> None:
+    """The sampling fields checked against the tokenizer: logit_bias ids in range, a grammar that parses."""
+    for tok, _ in sp.logit_bias:
+        if tok >= vocab:
+            raise ValueError(f"sampling_params.logit_bias: token id {tok} out of range [0, {vocab})")
+    if sp.grammar_key is not None:
+        from engine.grammar import validate_grammar  # xgrammar only for constrained requests
+
+        validate_grammar(*sp.grammar_key)

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from engine.detokenize import IncrementalDetokenizer
+from engine.logprob_options import LogprobAccumulator
 from engine.request_input import RequestInput
 from engine.scheduler import StepOutput
 
@@ -34,6 +35,7 @@ class ReqState:
     text: str = ""
     seen: int = 0  # output_ids already detokenized into text
     first_token_at: float | None = None  # time.monotonic() when the engine thread recorded the first token
+    logprobs: LogprobAccumulator | None = None  # when the request asked for logprobs
 
     def add(self, out: StepOutput) -> None:
         """Engine thread, holding the lock: record a step's output and wake the consumer if it cares."""
@@ -41,11 +43,18 @@ class ReqState:
         if out.new_token_ids and self.first_token_at is None:
             self.first_token_at = time.monotonic()
         self.output_ids.extend(out.new_token_ids)
+        if out.logprobs:
+            if self.logprobs is None:
+                self.logprobs = LogprobAccumulator()
+            self.logprobs.add(out.logprobs)
         self.finished = out.finished
         if self.stream or self.finished:
             self.cv.notify_all()
 
-    def result(self, output_ids: list[int], last: StepOutput | None, delta: str) -> dict[str, Any]:
+    def result(self, output_ids: list[int], last: StepOutput | None, delta: str,
+               logprobs: LogprobAccumulator | None = None, decode_token=None) -> dict[str, Any]:
+        """The caller's view so far. `logprobs`: a snapshot of `self.logprobs` taken under the engine's lock;
+        `decode_token`: token id → text, for return_text_in_logprobs."""
         meta = {
             "id": self.inp.rid,
             "prompt_tokens": last.prompt_tokens if last else len(self.inp.input_ids),
@@ -58,4 +67,7 @@ class ReqState:
         }
         if last and last.extra:
             meta.update(last.extra)
+        if self.inp.logprob is not None:
+            text_of = decode_token if self.inp.logprob.return_text_in_logprobs else None
+            meta.update((logprobs or LogprobAccumulator()).meta_info(text_of))
         return {"text": self.text, "output_ids": output_ids, "meta_info": meta, "delta": delta}

@@ -55,6 +55,31 @@ def _as_optional_int(name: str, value: Any) -> int | None:
     return None if value is None else _as_int(name, value)
 
 
+def _as_str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _err(name, "must be a string", value)
+    return value
+
+
+def _as_logit_bias(name: str, value: Any) -> tuple[tuple[int, float], ...]:
+    """{token id (int or its decimal string, as JSON object keys are): bias}, or the (id, bias) pairs this returns
+    (how the field travels between processes) → sorted (id, bias) pairs."""
+    if isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        value = dict(value)
+    if not isinstance(value, dict):
+        raise _err(name, "must be an object mapping token ids to numbers", value)
+    out: dict[int, float] = {}
+    for key, bias in value.items():
+        if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+            tok = int(key)
+        elif isinstance(key, int) and not isinstance(key, bool):
+            tok = key
+        else:
+            raise _err(name, "keys must be token ids", key)
+        out[tok] = _as_float(name, bias)
+    return tuple(sorted(out.items()))
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request samples and when it stops.
@@ -63,6 +88,14 @@ class SamplingParams:
     `seed` None lets the engine pick one; a seeded request samples the same tokens whatever batch it runs in.
     `stop` strings end generation when they appear in the output text (cut unless no_stop_trim);
     `stop_token_ids` end it on those tokens, as does EOS unless ignore_eos.
+
+    Logit processing, applied to the raw logits in this order before temperature and the filters (greedy rows
+    too): `logit_bias` adds its value to each listed token; below `min_new_tokens` output tokens, EOS and the
+    stop tokens are masked out; `repetition_penalty` (HF / vLLM: over prompt and output tokens) divides a seen
+    token's positive logit and multiplies a negative one; `frequency_penalty` subtracts penalty × count of the
+    token in the output so far, `presence_penalty` subtracts penalty once the token occurred in the output
+    (OpenAI's definitions). 1 / 0 / 0 turn them off. At most one of `json_schema`, `regex`, `ebnf` constrains
+    the output to a grammar (engine/grammar.py).
     """
 
     max_new_tokens: int = 128
@@ -76,6 +109,14 @@ class SamplingParams:
     seed: int | None = None
     skip_special_tokens: bool = True
     no_stop_trim: bool = False
+    min_new_tokens: int = 0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # sorted (token id, bias) pairs
+    json_schema: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "SamplingParams":
@@ -121,7 +162,37 @@ class SamplingParams:
             raise _err("stop", "stop strings must be non-empty", self.stop)
         if any(t < 0 for t in self.stop_token_ids):
             raise _err("stop_token_ids", "token ids must be >= 0", self.stop_token_ids)
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise _err("min_new_tokens", "must be in [0, max_new_tokens]", self.min_new_tokens)
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise _err(name, "must be in [-2, 2]", getattr(self, name))
+        if not 0.0 < self.repetition_penalty <= 2.0:
+            raise _err("repetition_penalty", "must be in (0, 2]", self.repetition_penalty)
+        for tok, bias in self.logit_bias:
+            if tok < 0:
+                raise _err("logit_bias", "token ids must be >= 0", tok)
+            if not -100.0 <= bias <= 100.0:
+                raise _err("logit_bias", "biases must be in [-100, 100]", bias)
+        constraints = [n for n in ("json_schema", "regex", "ebnf") if getattr(self, n) is not None]
+        if len(constraints) > 1:
+            raise _err(constraints[1], f"only one of json_schema, regex, ebnf may be given (also got "
+                       f"{constraints[0]})", getattr(self, constraints[1]))
         return self
+
+    @property
+    def has_penalties(self) -> bool:
+        """True when the row needs its token counts (frequency, presence or repetition penalty)."""
+        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0 or self.repetition_penalty != 1.0
+
+    @property
+    def grammar_key(self) -> tuple[str, str] | None:
+        """(kind, spec) of the output constraint, or None: the key grammars are compiled and cached under."""
+        for kind in ("json_schema", "regex", "ebnf"):
+            spec = getattr(self, kind)
+            if spec is not None:
+                return kind, spec
+        return None
 
     @property
     def is_greedy(self) -> bool:
@@ -141,5 +212,13 @@ _PARSERS = MappingProxyType({
     "seed": _as_optional_int,
     "skip_special_tokens": _as_bool,
     "no_stop_trim": _as_bool,
+    "min_new_tokens": _as_int,
+    "frequency_penalty": _as_float,
+    "presence_penalty": _as_float,
+    "repetition_penalty": _as_float,
+    "logit_bias": _as_logit_bias,
+    "json_schema": _as_str,
+    "regex": _as_str,
+    "ebnf": _as_str,
 })
 assert set(_PARSERS) == {f.name for f in fields(SamplingParams)}, "every field needs a parser"

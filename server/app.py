@@ -21,7 +21,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine.logprob_options import LogprobAccumulator
+from engine.request_input import REQUEST_FIELDS
 from server.errors import APIError, from_value_error
+from server.logprob_format import logprob_token_ids, sglang_meta
 from server.openai_api import SSE_DONE, OpenAIHandler, sse
 from server.request_group import RequestGroup
 from server.tokenizer_manager import TokenizerManager
@@ -56,17 +59,27 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, 
     return obj
 
 
-def generate_result(r, rid: str) -> dict[str, Any]:
-    """The in-process Engine's result shape."""
-    meta = {"id": rid, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+async def generate_result(tm: TokenizerManager, r, inp) -> dict[str, Any]:
+    """The in-process Engine's result shape (logprob lists in meta_info when the request asked)."""
+    meta = {"id": inp.rid, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
             "cached_tokens": r.cached_tokens, "finish_reason": r.finish_reason, "e2e_latency": r.e2e_latency}
     meta.update(r.extra or {})
+    if inp.logprob is not None:
+        meta.update(await _sglang_logprobs(tm, inp.logprob, r.logprobs))
     return {"text": r.text, "output_ids": list(r.output_ids), "meta_info": meta}
 
 
-async def generate_stream(group: RequestGroup) -> AsyncIterator[str]:
-    """Native streaming: each frame has the text so far, its `delta`, output_ids so far and meta_info."""
+async def _sglang_logprobs(tm: TokenizerManager, opts, acc) -> dict[str, list]:
+    pieces = await tm.token_pieces(logprob_token_ids(acc)) if acc is not None and opts.return_text_in_logprobs \
+        else ({} if opts.return_text_in_logprobs else None)
+    return sglang_meta(acc, pieces)
+
+
+async def generate_stream(tm: TokenizerManager, group: RequestGroup, inp) -> AsyncIterator[str]:
+    """Native streaming: each frame has the text so far, its `delta`, output_ids so far and meta_info (with the
+    logprobs so far when asked)."""
     text, ids = "", []
+    acc = LogprobAccumulator() if inp.logprob is not None else None
     try:
         async for ev in group.events():
             if ev.error is not None:
@@ -74,10 +87,14 @@ async def generate_stream(group: RequestGroup) -> AsyncIterator[str]:
                 break
             text += ev.delta
             ids.extend(ev.new_token_ids)
+            if acc is not None:
+                acc.add(ev.logprobs)
             if ev.delta or ev.finished:
                 meta = {"id": group.rids[0], "prompt_tokens": ev.prompt_tokens,
                         "completion_tokens": ev.completion_tokens, "cached_tokens": ev.cached_tokens,
                         "finish_reason": ev.finish_reason if ev.finished else None, **(ev.extra or {})}
+                if acc is not None:
+                    meta.update(await _sglang_logprobs(tm, inp.logprob, acc))
                 yield sse({"text": text, "delta": ev.delta, "output_ids": list(ids), "meta_info": meta})
         yield SSE_DONE
     finally:
@@ -139,7 +156,7 @@ def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str
     @app.post("/generate", dependencies=auth)
     async def generate(request: Request):
         body = await read_json(request, max_body_bytes)
-        unknown = set(body) - {"text", "input_ids", "icl", "sampling_params", "stream"}
+        unknown = set(body) - {"text", "input_ids", "icl", "sampling_params", "stream", *REQUEST_FIELDS}
         if unknown:
             key = sorted(unknown)[0]
             raise APIError(400, f"{key}: unknown field", param=key)
@@ -148,7 +165,8 @@ def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str
             raise APIError(400, "stream: must be a boolean", param="stream")
         try:
             inputs, single = await tm.tokenize(prompt=body.get("text"), input_ids=body.get("input_ids"),
-                                               sampling_params=body.get("sampling_params"), icl=body.get("icl"))
+                                               sampling_params=body.get("sampling_params"), icl=body.get("icl"),
+                                               **{k: body[k] for k in REQUEST_FIELDS if k in body})
             if stream and len(inputs) != 1:
                 raise ValueError("stream: streaming takes a single prompt")
         except ValueError as e:
@@ -158,9 +176,9 @@ def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str
             raise err from None
         group = tm.submit(inputs)
         if stream:
-            return StreamingResponse(generate_stream(group), media_type="text/event-stream")
+            return StreamingResponse(generate_stream(tm, group, inputs[0]), media_type="text/event-stream")
         results = await group.collect(request.is_disconnected)
-        out = [generate_result(r, rid) for r, rid in zip(results, group.rids)]
+        out = [await generate_result(tm, r, inp) for r, inp in zip(results, inputs)]
         return out[0] if single else out
 
     @app.get("/metrics", dependencies=auth)

@@ -70,7 +70,7 @@ class DetokenizerProcess:
         if out.finished:
             self.states.pop(out.rid, None)
         return TextOut(out.rid, text, list(out.new_token_ids), out.finished, reason, out.prompt_tokens,
-                       out.completion_tokens, out.cached_tokens, out.extra)
+                       out.completion_tokens, out.cached_tokens, out.extra, out.logprobs)
 
     def handle(self, msg: Any) -> None:
         if isinstance(msg, BatchTokenOut):

@@ -17,7 +17,7 @@ ERROR_TYPES = MappingProxyType({
 })
 
 # Engine (SGLang) field names → the OpenAI request field a client sent.
-OPENAI_PARAM_NAMES = MappingProxyType({"max_new_tokens": "max_tokens"})
+OPENAI_PARAM_NAMES = MappingProxyType({"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"})
 
 
 class APIError(Exception):

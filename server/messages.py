@@ -30,6 +30,8 @@ class GenerateReq:
     input_ids: list[int]
     sampling: dict[str, Any]
     icl: dict[str, Any] | None = None
+    logprob: dict[str, Any] | None = None  # engine.logprob_options.LogprobOptions fields, when asked
+    priority: int | None = None
 
 
 @dataclass
@@ -79,6 +81,7 @@ class TokenOut:
     cached_tokens: int
     extra: dict[str, Any] | None = None
     detok: dict[str, Any] | None = None
+    logprobs: dict[str, Any] | None = None  # engine.scheduler.batch.StepOutput.logprobs: this step's delta
 
 
 @dataclass
@@ -103,6 +106,7 @@ class TextOut:
     completion_tokens: int
     cached_tokens: int
     extra: dict[str, Any] | None = None
+    logprobs: dict[str, Any] | None = None  # as TokenOut's (token ids; text is added by the HTTP layer)
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """`/v1/completions` and `/v1/chat/completions`: OpenAI request bodies → engine requests → OpenAI responses.
 
 Sampling: max_tokens (chat also max_completion_tokens) → max_new_tokens, temperature, top_p, seed, stop, plus
-the SGLang extras top_k, min_p, ignore_eos, stop_token_ids, skip_special_tokens, no_stop_trim at the top level.
+the SGLang extras top_k, min_p, ignore_eos, stop_token_ids, skip_special_tokens, no_stop_trim at the top level;
+penalties, logit_bias, logprobs, response_format and priority as server/openai_sampling.py maps them.
 max_tokens defaults to 16 for completions (as OpenAI) and to the rest of the context for chat; an explicit
-value that does not fit the context is a 400. Parameters we do not implement (logprobs, echo, penalties, tools,
-...) are rejected with 400 when set to anything but their neutral value, never silently ignored.
+value that does not fit the context is a 400. Parameters we do not implement (echo, suffix, tools, ...) are
+rejected with 400 when set to anything but their neutral value, never silently ignored.
 
 Extension: `icl` (engine.icl) in a chat request replaces `messages` (omit them or send []); the engine renders
 and refines the prompt, and each choice carries `meta_info` with `icl_order` and `icl_substituted`.
@@ -25,6 +26,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.errors import APIError, from_value_error
+from server.logprob_format import openai_chat, openai_completion
+from server.openai_sampling import logprob_fields, sampling_fields
 from server.request_group import ReqEvent, ReqResult, RequestGroup
 from server.tokenizer_manager import TokenizerManager
 
@@ -33,9 +36,7 @@ COMPLETION_DEFAULT_MAX_TOKENS = 16
 SGLANG_EXTRAS = ("top_k", "min_p", "ignore_eos", "stop_token_ids", "skip_special_tokens", "no_stop_trim")
 # parameter → the values that mean "off"; anything else asks for a feature we do not have.
 UNSUPPORTED = MappingProxyType({
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "suffix": (None, ""),
-    "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
-    "tools": (None, []), "functions": (None, []), "response_format": (None, {"type": "text"}),
+    "echo": (None, False), "suffix": (None, ""), "tools": (None, []), "functions": (None, []),
 })
 
 
@@ -90,6 +91,7 @@ class OpenAIHandler:
         for key in ("temperature", "top_p", "seed", "stop", *SGLANG_EXTRAS):
             if body.get(key) is not None:
                 sp[key] = body[key]
+        sp.update(sampling_fields(body))
         return sp
 
     def _finalize(self, inputs: list, explicit_max: bool, default_max: int | None, n: int) -> list:
@@ -108,14 +110,29 @@ class OpenAIHandler:
         return out
 
     async def _prepare(self, body: dict, prompt_param: str, max_tokens: Any, default_max: int | None, n: int,
-                       prompt=None, input_ids=None, icl=None) -> RequestGroup:
+                       prompt=None, input_ids=None, icl=None, chat: bool = False) -> RequestGroup:
         try:
             inputs, _ = await self.tm.tokenize(prompt=prompt, input_ids=input_ids,
-                                               sampling_params=self._sampling(body, max_tokens), icl=icl)
+                                               sampling_params=self._sampling(body, max_tokens), icl=icl,
+                                               **logprob_fields(body, chat))
             inputs = self._finalize(inputs, max_tokens is not None, default_max, n)
         except ValueError as e:
             raise from_value_error(e, openai_names=True, prompt_param=prompt_param) from None
         return self.tm.submit(inputs)
+
+    async def _logprobs(self, token_lps: list, top_lps: list, chat: bool, text_offset: int = 0) -> dict:
+        """OpenAI's logprobs object for some output tokens ([logprob, id] pairs and their tops)."""
+        ids = [p[1] for p in token_lps] + [p[1] for top in top_lps if top for p in top]
+        pieces = await self.tm.token_pieces(ids)
+        if chat:
+            return openai_chat(token_lps, top_lps, pieces)
+        return openai_completion(token_lps, top_lps, pieces, text_offset)
+
+    async def _result_logprobs(self, r: ReqResult, chat: bool) -> dict | None:
+        if r.logprobs is None:
+            return None
+        lists = r.logprobs.lists
+        return await self._logprobs(lists["output_token_logprobs"], lists["output_top_logprobs"], chat)
 
     # --- routes ---------------------------------------------------------------------------------------
     async def completions(self, body: dict, request: Request):
@@ -132,8 +149,8 @@ class OpenAIHandler:
             return StreamingResponse(self._stream(group, meta, n, include_usage, chat=False),
                                      media_type="text/event-stream")
         results = await group.collect(request.is_disconnected)
-        choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": finish_reason_name(r.finish_reason)}
-                   for i, r in enumerate(results)]
+        choices = [{"index": i, "text": r.text, "logprobs": await self._result_logprobs(r, chat=False),
+                    "finish_reason": finish_reason_name(r.finish_reason)} for i, r in enumerate(results)]
         return JSONResponse({**meta, "object": "text_completion", "choices": choices, "usage": usage(results, n)})
 
     async def chat(self, body: dict, request: Request):
@@ -153,13 +170,14 @@ class OpenAIHandler:
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
         group = await self._prepare(body, "icl" if icl is not None else "messages", max_tokens, None, n,
-                                    prompt=text, icl=icl)
+                                    prompt=text, icl=icl, chat=True)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_name}
         if stream:
             return StreamingResponse(self._stream(group, meta, n, include_usage, chat=True),
                                      media_type="text/event-stream")
         results = await group.collect(request.is_disconnected)
-        choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
+        choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
+                    "logprobs": await self._result_logprobs(r, chat=True),
                     "finish_reason": finish_reason_name(r.finish_reason), **_meta_extension(r)}
                    for i, r in enumerate(results)]
         return JSONResponse({**meta, "object": "chat.completion", "choices": choices, "usage": usage(results, n)})
@@ -171,13 +189,15 @@ class OpenAIHandler:
         obj = "chat.completion.chunk" if chat else "text_completion"
         last: dict[int, ReqEvent] = {}
 
-        def chunk(index: int, delta: str, reason: str | None, role: bool = False) -> str:
+        text_offsets: dict[int, int] = {}  # completions: characters streamed so far per choice (text_offset)
+
+        def chunk(index: int, delta: str, reason: str | None, role: bool = False, logprobs=None) -> str:
             if chat:
                 d: dict[str, Any] = {"role": "assistant", "content": ""} if role else (
                     {"content": delta} if delta else {})
-                choice = {"index": index, "delta": d, "logprobs": None, "finish_reason": reason}
+                choice = {"index": index, "delta": d, "logprobs": logprobs, "finish_reason": reason}
             else:
-                choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": reason}
+                choice = {"index": index, "text": delta, "logprobs": logprobs, "finish_reason": reason}
             return sse({**meta, "object": obj, "choices": [choice]})
 
         try:
@@ -191,12 +211,18 @@ class OpenAIHandler:
                 if ev.finished:
                     last[ev.index] = ev
                 reason = finish_reason_name(ev.finish_reason) if ev.finished else None
-                if chat and ev.delta:
-                    yield chunk(ev.index, ev.delta, None)
+                lps = None
+                if ev.logprobs and ev.logprobs["output_token_logprobs"]:
+                    lps = await self._logprobs(ev.logprobs["output_token_logprobs"],
+                                               ev.logprobs["output_top_logprobs"], chat,
+                                               text_offsets.get(ev.index, 0))
+                text_offsets[ev.index] = text_offsets.get(ev.index, 0) + len(ev.delta)
+                if chat and (ev.delta or lps):
+                    yield chunk(ev.index, ev.delta, None, logprobs=lps)
                     if reason is not None:
                         yield chunk(ev.index, "", reason)
-                elif ev.delta or reason is not None:
-                    yield chunk(ev.index, ev.delta, reason)
+                elif ev.delta or lps or reason is not None:
+                    yield chunk(ev.index, ev.delta, reason, logprobs=lps)
             else:
                 if include_usage:
                     results = [_event_result(last[i]) for i in range(len(group.rids))]

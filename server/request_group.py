@@ -30,6 +30,7 @@ class ReqEvent:
     cached_tokens: int
     extra: dict[str, Any] | None = None
     error: APIError | None = None
+    logprobs: dict[str, Any] | None = None  # this step's logprob delta (engine.scheduler.batch.StepOutput)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class ReqResult:
     cached_tokens: int
     extra: dict[str, Any] | None
     e2e_latency: float
+    logprobs: Any = None  # engine.logprob_options.LogprobAccumulator, for requests that asked
 
 
 class RequestGroup:
@@ -82,6 +84,7 @@ class RequestGroup:
         aborts the group (and raises) when the client has gone; unfinished requests are aborted on any exit."""
         texts: list[list[str]] = [[] for _ in self.rids]
         ids: list[list[int]] = [[] for _ in self.rids]
+        logprobs: list[Any] = [None] * len(self.rids)
         results: list[ReqResult | None] = [None] * len(self.rids)
         next_check = time.monotonic() + DISCONNECT_POLL_S
         try:
@@ -101,11 +104,17 @@ class RequestGroup:
                     raise ev.error
                 texts[ev.index].append(ev.delta)
                 ids[ev.index].extend(ev.new_token_ids)
+                if ev.logprobs:
+                    if logprobs[ev.index] is None:
+                        from engine.logprob_options import LogprobAccumulator
+
+                        logprobs[ev.index] = LogprobAccumulator()
+                    logprobs[ev.index].add(ev.logprobs)
                 if ev.finished:
                     self.finished[ev.index] = True
                     results[ev.index] = ReqResult("".join(texts[ev.index]), ids[ev.index], ev.finish_reason,
                                                   ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens,
-                                                  ev.extra, time.monotonic() - self.created)
+                                                  ev.extra, time.monotonic() - self.created, logprobs[ev.index])
         finally:
             self.abort()
         return results  # type: ignore[return-value]

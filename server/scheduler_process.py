@@ -104,12 +104,12 @@ class SchedulerProcess:
         detok = {"skip_special_tokens": msg.sampling.get("skip_special_tokens", True),
                  "stop": list(msg.sampling.get("stop") or ()), "no_stop_trim": msg.sampling.get("no_stop_trim", False)}
         try:
+            from engine.logprob_options import LogprobOptions
+
             sampling = SamplingParams.from_dict(msg.sampling)
             icl = icl_from_wire(msg.icl)
-            if icl is None:
-                self.loop.add(msg.rid, msg.input_ids, sampling)
-            else:
-                self.loop.add(msg.rid, msg.input_ids, sampling, icl=icl)
+            logprob = LogprobOptions(**msg.logprob) if msg.logprob is not None else None
+            self.loop.add(msg.rid, msg.input_ids, sampling, icl=icl, logprob=logprob, priority=msg.priority)
         except Exception as e:  # a bad request must not take the engine down
             status = 400 if isinstance(e, ValueError) else 500
             if status == 500:
@@ -194,7 +194,7 @@ class SchedulerProcess:
         elif detok is not None:
             self.detok_params[o.rid] = None  # sent once; the key stays until the request finishes
         return TokenOut(o.rid, list(o.new_token_ids), o.finished, reason, o.prompt_tokens, o.completion_tokens,
-                        o.cached_tokens, o.extra or None, detok)
+                        o.cached_tokens, o.extra or None, detok, o.logprobs)
 
     def run(self) -> None:
         send(self.to_main, Ready("scheduler", os.getpid(), {

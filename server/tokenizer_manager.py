@@ -47,6 +47,7 @@ class TokenizerManager:
         `args` (ServerArgs) is kept current through `update_config`."""
         self.tokenizer = tokenizer
         self._segment_encoder = None  # over self.tokenizer: ICL heads' and examples' tokens, memoised
+        self._piece_cache: dict[int, tuple[str, list[int]]] = {}  # token id → (text, bytes); worker thread only
         self.metrics = metrics
         self.args = args
         self.max_running_cap = args.max_running_requests  # request rows are preallocated at this size
@@ -93,19 +94,27 @@ class TokenizerManager:
             self.metrics.scheduler_stats = msg.stats
 
     # --- submitting -----------------------------------------------------------------------------------
-    async def tokenize(self, prompt=None, input_ids=None, sampling_params=None, icl=None):
+    async def tokenize(self, prompt=None, input_ids=None, sampling_params=None, icl=None, **request_fields):
         """normalize_inputs with this server's tokenizer and context: (list[RequestInput], single).
+        `request_fields`: engine.request_input.REQUEST_FIELDS (logprobs, priority).
 
         Runs on the manager's single worker thread: a long prompt does not stall other requests' streams, and
         the tokenizer (HF tokenizers are not safe to share between threads) is only ever used by that thread."""
         return await asyncio.get_running_loop().run_in_executor(
-            self.worker, self._tokenize, prompt, input_ids, sampling_params, icl)
+            self.worker, lambda: self._tokenize(prompt, input_ids, sampling_params, icl, request_fields))
+
+    async def token_pieces(self, ids: list[int]) -> dict[int, tuple[str, list[int]]]:
+        """token id → (text, UTF-8 bytes) for logprob responses (on the worker thread, which owns the tokenizer)."""
+        from server.logprob_format import token_pieces
+
+        return await asyncio.get_running_loop().run_in_executor(
+            self.worker, token_pieces, self.tokenizer, ids, self._piece_cache)
 
     async def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The chat template applied to `messages` (on the worker thread); ValueError naming 'messages'."""
         return await asyncio.get_running_loop().run_in_executor(self.worker, self._apply_chat_template, messages)
 
-    def _tokenize(self, prompt, input_ids, sampling_params, icl):
+    def _tokenize(self, prompt, input_ids, sampling_params, icl, request_fields):
         from engine.pair.render import SegmentEncoder
         from engine.request_input import normalize_inputs
 
@@ -113,8 +122,9 @@ class TokenizerManager:
             if self._segment_encoder is None or self._segment_encoder.tokenizer is not self.tokenizer:
                 self._segment_encoder = SegmentEncoder(self.tokenizer)
             return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len,
-                                    icl=icl, encoder=self._segment_encoder)
-        return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len)
+                                    icl=icl, encoder=self._segment_encoder, **request_fields)
+        return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len,
+                                **request_fields)
 
     def _apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
@@ -133,7 +143,9 @@ class TokenizerManager:
         for index, inp in enumerate(inputs):
             self.states[inp.rid] = _ReqState(group, index, now)
             icl = dataclasses.asdict(inp.icl) if getattr(inp, "icl", None) is not None else None
-            send(self.to_scheduler, GenerateReq(inp.rid, list(inp.input_ids), dataclasses.asdict(inp.sampling), icl))
+            logprob = inp.logprob.to_dict() if getattr(inp, "logprob", None) is not None else None
+            send(self.to_scheduler, GenerateReq(inp.rid, list(inp.input_ids), dataclasses.asdict(inp.sampling), icl,
+                                                logprob, getattr(inp, "priority", None)))
         return group
 
     def abort(self, rid: str) -> None:
@@ -225,7 +237,7 @@ class TokenizerManager:
                 self.metrics.observe_finished(now - st.arrival, out.prompt_tokens, reason.get("type", "stop"))
         st.group.queue.put_nowait(ReqEvent(st.index, out.text, list(out.new_token_ids), out.finished,
                                            out.finish_reason, out.prompt_tokens, out.completion_tokens,
-                                           out.cached_tokens, out.extra, error))
+                                           out.cached_tokens, out.extra, error, out.logprobs))
 
     # --- failure and shutdown -------------------------------------------------------------------------
     def fail_all(self, status: int, reason: str) -> None:

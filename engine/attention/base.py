@@ -36,6 +36,9 @@ class ForwardBatch:
     prefix_lens_list: list[int]
     extend_lens_list: list[int]
     num_extend: int = -1  # requests [0, num_extend) extend, the rest decode one token each; given for MIXED
+    # int64 [N]: rows of the T tokens the model returns logits for, when more than the last tokens are needed
+    # (prompt logprobs); None = last_token_index
+    logits_index: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.num_extend < 0:

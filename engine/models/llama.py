@@ -3,7 +3,8 @@ RMSNorm: see qwen2.py, qwen3.py).
 
 Forward contract: `forward(input_ids [T], positions [T], fb) -> logits [B, vocab] float32`, where the T tokens
 are the new tokens of B requests concatenated and the logits are those of each request's last new token
-(`fb.last_token_index`). Attention and the KV pool are reached only through `fb.attn_backend`.
+(`fb.last_token_index`), or of the N rows `fb.logits_index` when the runner sets it. Attention and the KV pool
+are reached only through `fb.attn_backend`.
 """
 from __future__ import annotations
 
@@ -81,10 +82,10 @@ class LlamaForCausalLM(nn.Module):
         residual = None
         for layer in self.layers:
             x, residual = layer(positions, x, residual, fb)
-        # Only each request's last token needs logits: norm and project just those rows.
-        idx = fb.last_token_index
-        x = self.norm(x[idx], residual[idx])[0]  # [B, hidden]
-        return self.lm_head(x).float()  # [B, vocab]
+        # Only each request's last token needs logits (more only for prompt logprobs): norm and project just those.
+        idx = fb.last_token_index if fb.logits_index is None else fb.logits_index
+        x = self.norm(x[idx], residual[idx])[0]  # [B or N, hidden]
+        return self.lm_head(x).float()  # [B or N, vocab]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors in, fusing q/k/v and gate/up. Raises ValueError on missing or unknown names."""

@@ -87,6 +87,17 @@ def append_decode(batch: ScheduledBatch, reqs: list[Req]) -> None:
 
 
 @dataclass
+class RowLogprobs:
+    """One batch row's logprobs from a step (model runner → scheduler). Pairs are [logprob, token id]; tops are
+    lists of pairs, most likely first (None when top_logprobs_num is 0)."""
+
+    input_token: list[list] = field(default_factory=list)  # prompt tokens this step's positions predict
+    input_top: list[list | None] = field(default_factory=list)
+    output_token: list | None = None  # the sampled token (rows that sample)
+    output_top: list | None = None
+
+
+@dataclass
 class StepOutput:
     """Per-request delta after a step: new token ids, and the finish reason once finished."""
 
@@ -99,3 +110,6 @@ class StepOutput:
     cached_tokens: int
     first_token_time: float | None = None
     extra: dict | None = None
+    # logprob delta (requests that asked): input_token_logprobs / input_top_logprobs (all at once, with the
+    # first token), output_token_logprobs / output_top_logprobs (this step's tokens); [logprob, token id] pairs
+    logprobs: dict | None = None

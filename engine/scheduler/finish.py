@@ -12,7 +12,8 @@ STOP_TAIL_EXTRA_TOKENS = 8  # decode this many tokens beyond the longest stop st
 
 
 def check_finish(req: Req, token: int, context_len: int, decode_fn: Callable[[list[int]], str]) -> FinishReason | None:
-    """The reason `req` stops after appending `token`, or None. Order: stop tokens, stop strings, length."""
+    """The reason `req` stops after appending `token`, or None. Order: stop tokens, stop strings, a grammar that
+    accepts nothing more, length."""
     sp = req.sampling
     if token in sp.stop_token_ids:
         return FinishReason(FinishKind.STOP, matched=token)
@@ -24,12 +25,16 @@ def check_finish(req: Req, token: int, context_len: int, decode_fn: Callable[[li
         matched = find_stop_in_tail(decode_fn(req.output_ids[-n:]), sp.stop)
         if matched is not None:
             return FinishReason(FinishKind.STOP, matched=matched)
+    if req.grammar is not None and req.grammar.terminated:
+        if req.grammar.error is not None:
+            return FinishReason(FinishKind.ABORT, message=req.grammar.error)
+        return FinishReason(FinishKind.STOP, matched=token)
     if len(req.output_ids) >= sp.max_new_tokens or req.seq_len >= context_len:
         return FinishReason(FinishKind.LENGTH)
     return None
 
 
-def finish_output(req: Req, new_ids: list[int]) -> StepOutput:
+def finish_output(req: Req, new_ids: list[int], logprobs: dict | None = None) -> StepOutput:
     return StepOutput(
         rid=req.rid,
         new_token_ids=new_ids,
@@ -40,4 +45,5 @@ def finish_output(req: Req, new_ids: list[int]) -> StepOutput:
         cached_tokens=req.reported_cached_len or 0,
         first_token_time=req.first_token_time,
         extra=req.extra or None,
+        logprobs=logprobs,
     )

@@ -38,21 +38,23 @@ class KVManager:
         return n - n % self.page_size
 
     # --- prefix matching ------------------------------------------------------------------------------
-    def match(self, ids: list[int], record_hit: bool = False):
-        """(cached slots, node) for the longest cached page-aligned prefix of ids (never all of ids).
+    def match(self, ids: list[int], record_hit: bool = False, limit: int | None = None):
+        """(cached slots, node) for the longest cached page-aligned prefix of ids (never all of ids, and at most
+        `limit` tokens when given: Req.cache_limit).
 
         Probes (record_hit=False) may go stale within a step as reserving evicts; `admit` matches again."""
-        if self.tree is None or len(ids) < 2:
-            return [], None
         # Keep at least one token to compute: the last prompt token's logits are needed to sample.
-        m = self.tree.match_prefix(ids[: len(ids) - 1], record_hit=record_hit)
+        n = len(ids) - 1 if limit is None else min(len(ids) - 1, limit)
+        if self.tree is None or n < 1:
+            return [], None
+        m = self.tree.match_prefix(ids[:n], record_hit=record_hit)
         return m.slots, m.last_node
 
     # --- admission and growth -------------------------------------------------------------------------
     def admit(self, req: Req) -> None:
         """Give `req` a row and its cached prefix (matched now, locked). Call `reserve` next for new tokens."""
         assert req.req_pool_idx is None and not req.slots
-        prefix_slots, node = self.match(req.fill_ids, record_hit=True)
+        prefix_slots, node = self.match(req.fill_ids, record_hit=True, limit=req.cache_limit)
         req.req_pool_idx = self._free_rows.pop()
         req.slots = list(prefix_slots)
         req.kv_len = req.cached_len = len(prefix_slots)

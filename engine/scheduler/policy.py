@@ -1,4 +1,5 @@
-"""Waiting-queue orderings (fcfs, lpm = longest cached prefix first with aging, dfs-weight) and in-batch dedup.
+"""Waiting-queue orderings (fcfs, lpm = longest cached prefix first with aging, dfs-weight), request priorities
+on top of them (enable_priority_scheduling), and in-batch dedup.
 
 A policy returns the waiting requests in admission order. LPM alone starves cache-cold requests under a
 steady stream of hot ones; the aging term adds `waited_s / lpm_aging_seconds` of a full hit to a request's
@@ -16,7 +17,24 @@ IN_BATCH_DEDUP_MIN = 32  # defer a request whose uncached prefix shares this man
 MatchFn = Callable[[Req], tuple[int, object]]  # req -> (cached prefix length, radix node or None)
 
 
-def order_waiting(policy: str, waiting: list[Req], match: MatchFn, now: float, aging_s: float) -> list[Req]:
+def order_waiting(policy: str, waiting: list[Req], match: MatchFn, now: float, aging_s: float,
+                  priority_aging_s: float | None = None) -> list[Req]:
+    """Admission order. With `priority_aging_s` (priority scheduling on), requests go by effective priority
+    first (`effective_priority`: higher first) and by the policy's order within one level."""
+    order = _by_policy(policy, waiting, match, now, aging_s)
+    if priority_aging_s is None:
+        return order
+    return sorted(order, key=lambda r: -effective_priority(r, now, priority_aging_s))  # stable: keeps the policy
+
+
+def effective_priority(req: Req, now: float, priority_aging_s: float) -> int:
+    """The request's priority plus one level per `priority_aging_s` seconds waited since it arrived, so a
+    low-priority request under a steady stream of higher ones is admitted within (gap × priority_aging_s)
+    seconds instead of starving. Whole levels keep the policy's order (e.g. LPM) among equal priorities."""
+    return req.priority + int(max(now - req.arrival_time, 0.0) // priority_aging_s)
+
+
+def _by_policy(policy: str, waiting: list[Req], match: MatchFn, now: float, aging_s: float) -> list[Req]:
     if policy == "fcfs" or len(waiting) <= 1:
         return sorted(waiting, key=lambda r: r.arrival_time)
     if policy == "lpm":

@@ -60,6 +60,10 @@ class Req:
     seed: int = 0
     segments: Segments | None = None
     icl: Any = None  # engine.pair.render.IclPrompt for ICL requests; PAIR rewrites input_ids at admission
+    logprob: Any = None  # engine.logprob_options.LogprobOptions when logprobs are asked
+    priority: int = 0  # higher first, with enable_priority_scheduling (policy.py)
+    # engine.grammar.GrammarState for a constrained request: admitted once `ready`, finished once `terminated`
+    grammar: Any = None
     arrival_time: float = field(default_factory=time.monotonic)
     # generation state
     output_ids: list[int] = field(default_factory=list)
@@ -77,6 +81,11 @@ class Req:
     first_token_time: float | None = None
     finish_time: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. ICL meta for the response
+    # prompt logprobs: [logprob | None, token id] per prompt token from logprob_start_len, and its top-n (or
+    # None), collected over prefill chunks and reported with the first output token
+    input_logprobs: list[list] = field(default_factory=list)
+    input_top_logprobs: list[list | None] = field(default_factory=list)
+    input_logprobs_reported: bool = False
 
     @property
     def prompt_len(self) -> int:
@@ -98,6 +107,21 @@ class Req:
     @property
     def remaining_new_tokens(self) -> int:
         return max(self.sampling.max_new_tokens - len(self.output_ids), 0)
+
+    @property
+    def cache_limit(self) -> int | None:
+        """Longest prefix this request may take from the radix cache, or None for no limit. Prompt positions
+        whose logits its prompt logprobs still need are computed, never matched (a cached prefix has no logits):
+        the logprob of token i comes from position i - 1's logits."""
+        lp = self.logprob
+        if lp is None or not lp.wants_input or self.input_logprobs_done:
+            return None
+        return max(lp.logprob_start_len - 1, 0)
+
+    @property
+    def input_logprobs_done(self) -> bool:
+        lp = self.logprob
+        return lp is None or not lp.wants_input or len(self.input_logprobs) >= self.prompt_len - lp.logprob_start_len
 
     @property
     def finished(self) -> bool:

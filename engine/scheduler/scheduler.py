@@ -15,7 +15,7 @@ from typing import Callable
 
 from engine.config import ServerArgs
 from engine.forward_mode import ForwardMode
-from engine.scheduler.batch import ScheduledBatch, StepOutput, append_decode, build_extend
+from engine.scheduler.batch import RowLogprobs, ScheduledBatch, StepOutput, append_decode, build_extend
 from engine.scheduler.finish import check_finish, finish_output
 from engine.scheduler.kv_manager import KVManager
 from engine.scheduler.policy import order_waiting, shares_uncached_prefix
@@ -91,6 +91,10 @@ class Scheduler:
     def has_work(self) -> bool:
         return self.num_live > 0 or bool(self._pending)
 
+    def compiling_grammars(self) -> list:
+        """Grammar states of waiting requests still compiling (the loop waits on them when idle)."""
+        return [r.grammar for r in self.waiting if r.grammar is not None and not r.grammar.ready]
+
     def live_reqs(self) -> list[Req]:
         return self.waiting + self.running + ([self.chunked] if self.chunked else [])
 
@@ -105,13 +109,19 @@ class Scheduler:
             return self._mix_decode(batch)
         return batch
 
-    def process_results(self, batch: ScheduledBatch | None, next_ids: list[int] | None) -> list[StepOutput]:
+    def process_results(self, batch: ScheduledBatch | None, next_ids: list[int] | None,
+                        logprobs: list[RowLogprobs | None] | None = None) -> list[StepOutput]:
+        """Apply a step's sampled ids (one per batch row) and, for rows that asked, their logprobs."""
         outputs, self._pending = self._pending, []
         if batch is None:
             return outputs
         now = self.clock()
         for i, (req, ext, do_sample, tok) in enumerate(zip(batch.reqs, batch.extend_lens, batch.sample, next_ids)):
             prefill = i < batch.num_extend
+            row_lp = logprobs[i] if logprobs is not None else None
+            if row_lp is not None and row_lp.input_token:
+                req.input_logprobs.extend(row_lp.input_token)
+                req.input_top_logprobs.extend(row_lp.input_top)
             req.kv_len += ext
             req.table_len = max(req.table_len, req.kv_len)
             if prefill:
@@ -135,7 +145,7 @@ class Scheduler:
             reason = check_finish(req, tok, self.context_len, self.decode_fn)
             if reason is not None:
                 self._finish(req, reason)
-            outputs.append(finish_output(req, [tok]))
+            outputs.append(finish_output(req, [tok], _logprob_delta(req, row_lp)))
         if batch.num_extend < batch.batch_size:
             self.new_token_ratio = max(self.new_token_ratio - 0.001, 0.1 * self.args.schedule_conservativeness)
         return outputs
@@ -165,16 +175,25 @@ class Scheduler:
 
         def match(r: Req) -> tuple[int, object]:
             if id(r) not in matches:
-                slots, node = self.kv.match(r.fill_ids)
+                slots, node = self.kv.match(r.fill_ids, limit=r.cache_limit)
                 matches[id(r)] = (len(slots), node)
             return matches[id(r)]
 
-        order = order_waiting(args.schedule_policy, self.waiting, match, self.clock(), args.lpm_aging_seconds)
+        order = order_waiting(args.schedule_policy, self.waiting, match, self.clock(), args.lpm_aging_seconds,
+                              args.priority_aging_seconds if args.enable_priority_scheduling else None)
         for req in order:
             if len(self.running) + len(picked) >= args.max_running_requests or not self.kv.has_free_row():
                 break
             if token_budget <= 0:
                 break
+            if req.grammar is not None:
+                if not req.grammar.ready:
+                    continue  # its grammar is still compiling (engine/grammar.py): admit it once that is done
+                if req.grammar.error is not None:
+                    self.waiting.remove(req)
+                    self._finish(req, FinishReason(FinishKind.ABORT, message=req.grammar.error))
+                    self._pending.append(finish_output(req, []))
+                    continue
             if req.icl is not None and "icl_order" not in req.extra:
                 # PAIR at admission: the freshest view of the tree and of pending prompts. Before the budget
                 # and dedup checks, which must see the refined prompt (a peer picked this step may share it).
@@ -304,3 +323,18 @@ class Scheduler:
         live = [r for r in self.live_reqs() if r.req_pool_idx is not None]
         self.kv.check_integrity(live)
         assert all(r.req_pool_idx is None for r in self.waiting), "a waiting request holds KV"
+
+
+def _logprob_delta(req: Req, row_lp: RowLogprobs | None) -> dict | None:
+    """The logprobs a step reports for `req`: its prompt logprobs with its first token, then each new token's."""
+    if req.logprob is None:
+        return None
+    delta: dict = {"output_token_logprobs": [], "output_top_logprobs": []}
+    if row_lp is not None and row_lp.output_token is not None:
+        delta["output_token_logprobs"].append(row_lp.output_token)
+        delta["output_top_logprobs"].append(row_lp.output_top)
+    if not req.input_logprobs_reported:
+        req.input_logprobs_reported = True
+        delta["input_token_logprobs"] = req.input_logprobs
+        delta["input_top_logprobs"] = req.input_top_logprobs
+    return delta
