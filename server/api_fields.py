@@ -64,7 +64,7 @@ def _best_of_n(value: Any, body: dict) -> bool:
 
 
 _OFF = (False,)
-_SAMPLING = "not supported yet (sampling helper's branch)"
+_SAMPLING = "not implemented yet"  # the sampling helper's fields
 _PD = "prefill/decode disaggregation is not implemented"
 _LORA = "LoRA adapters are not implemented"
 
@@ -243,3 +243,32 @@ def sampling_from_sglang(sp: Any) -> Any:
     if "sampling_seed" in sp and "seed" in sp and sp["seed"] != sp["sampling_seed"]:
         raise APIError(400, "sampling_params.sampling_seed: conflicts with seed", param="sampling_params.seed")
     return out
+
+
+def _describe(field: Field) -> str:
+    if field.status == REFUSED:
+        if callable(field.neutral):
+            return f"400 unless off ({field.why})"
+        offs = [v for v in field.neutral if v is not None]
+        off = " or ".join("`" + (str(v).lower() if isinstance(v, bool) else repr(v)) + "`" for v in offs)
+        return f"400 ({field.why})" + (f"; {off} and null accepted" if off else "; null accepted")
+    if field.status == NOOP:
+        return f"accepted, no-op: {field.why}"
+    return "honored" + (f": {field.why}" if field.why else "")
+
+
+def markdown_tables() -> str:
+    """docs/api-fields.md's tables (regenerate with `python -m server.api_fields > docs/api-fields.md`)."""
+    parts = ["# Request fields: honored, no-op, or refused\n",
+             "Generated from `server/api_fields.py` by `python -m server.api_fields`; a test keeps them equal.",
+             "Fields no table lists are accepted and logged as ignored, with the request id.\n"]
+    for title, table in (("POST /v1/completions", COMPLETION_FIELDS), ("POST /v1/chat/completions", CHAT_FIELDS),
+                         ("POST /generate", GENERATE_FIELDS), ("/generate's sampling_params", SAMPLING_PARAM_FIELDS)):
+        parts += [f"## {title}\n", "| field | what pairserve does |", "|---|---|"]
+        parts += [f"| `{name}` | {_describe(table[name])} |" for name in sorted(table)]
+        parts.append("")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(markdown_tables(), end="")
