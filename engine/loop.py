@@ -39,6 +39,7 @@ class EngineLoop:
         self.eos_token_ids = self._eos_ids(tokenizer)
         self._rng = random.Random(args.seed)
         self.failed_steps = 0  # consecutive steps whose forward raised (their requests were aborted)
+        self.last_batch = None  # the batch the last step ran (None: it found nothing to run), for batch logs
 
     def _decode_tail(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -77,7 +78,7 @@ class EngineLoop:
         return self.scheduler.has_work()
 
     def step(self) -> list[StepOutput]:
-        batch = self.scheduler.schedule()
+        batch = self.last_batch = self.scheduler.schedule()
         try:
             next_ids = self.runner.run(batch) if batch is not None else None
         except Exception as e:  # a failed forward must not strand the batch's requests and their KV

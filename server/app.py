@@ -178,6 +178,7 @@ def build_app(tm: TokenizerManager, args, served_model_names: tuple[str, ...], p
                 err.param = "text"
             raise err from None
         group = tm.submit(inputs, public_ids)
+        group.log_requests = not body.get("no_logs")
         if stream:
             return StreamingResponse(generate_stream(group), media_type="text/event-stream")
         results = await group.collect(request.is_disconnected)

@@ -56,6 +56,7 @@ class RequestGroup:
         self.manager = manager
         self.rids = rids
         self.public_ids = list(rids) if public_ids is None else public_ids  # what the client calls each request
+        self.log_requests = True  # False: left out of --log-requests (SGLang's no_logs)
         self.queue: asyncio.Queue[ReqEvent] = asyncio.Queue()
         self.finished = [False] * len(rids)
         self.created = time.monotonic()

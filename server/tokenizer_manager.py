@@ -38,6 +38,7 @@ class _ReqState:
     index: int
     arrival: float
     last_output: float | None = None
+    first_output: float | None = None
 
 
 class TokenizerManager:
@@ -250,6 +251,8 @@ class TokenizerManager:
         self.metrics.observe_output(len(out.new_token_ids), now - st.arrival, since_last)
         if out.new_token_ids:
             st.last_output = now
+            if st.first_output is None:
+                st.first_output = now
         error = None
         reason = out.finish_reason or {}
         if out.finished:
@@ -262,9 +265,21 @@ class TokenizerManager:
                 error = APIError(status or 500, reason.get("message") or "request aborted by the engine")
             else:
                 self.metrics.observe_finished(now - st.arrival, out.prompt_tokens, reason.get("type", "stop"))
+            if self.args.log_requests and st.group.log_requests:
+                self._log_request(out, st, now, error)
         st.group.queue.put_nowait(ReqEvent(st.index, out.text, list(out.new_token_ids), out.finished,
                                            out.finish_reason, out.prompt_tokens, out.completion_tokens,
                                            out.cached_tokens, out.extra, error))
+
+    @staticmethod
+    def _log_request(out: TextOut, st: _ReqState, now: float, error: APIError | None) -> None:
+        """--log-requests: one line per finished request (its id as the client knows it, lengths, timings)."""
+        ttft = "-" if st.first_output is None else f"{st.first_output - st.arrival:.3f}s"
+        outcome = f"error {error.status}: {error.message}" if error is not None else (
+            (out.finish_reason or {}).get("type", "stop"))
+        logger.info("request %s finished (%s): prompt_tokens=%d cached_tokens=%d completion_tokens=%d ttft=%s "
+                    "e2e=%.3fs", st.group.public_ids[st.index], outcome, out.prompt_tokens, out.cached_tokens,
+                    out.completion_tokens, ttft, now - st.arrival)
 
     # --- failure and shutdown -------------------------------------------------------------------------
     def fail_all(self, status: int, reason: str) -> None:

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
+import time
 
 import torch
 from safetensors import safe_open
+from tqdm.auto import tqdm
 
 from engine.config import ModelConfig
 from engine.models.layers import cpu_bf16_native, prepack_linears
 from engine.models.llama import LlamaForCausalLM
 from engine.models.qwen2 import Qwen2ForCausalLM
+
+logger = logging.getLogger("pairserve.loader")
 
 ARCHITECTURES = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM}
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
@@ -87,14 +92,30 @@ def safetensors_files(path: str) -> list[str]:
     return files
 
 
-def iter_weights(path: str):
-    for file in safetensors_files(path):
-        with safe_open(file, framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+def iter_weights(path: str, progress: bool = False):
+    """(name, tensor) for every checkpoint tensor; `progress` shows a tqdm bar on a terminal (stderr)."""
+    files = safetensors_files(path)
+    total = 0
+    if progress:
+        for file in files:
+            with safe_open(file, framework="pt") as f:
+                total += len(f.keys())
+    with tqdm(total=total, desc="Loading weights", unit="tensor", disable=None if progress else True,
+              dynamic_ncols=True) as bar:
+        for file in files:
+            with safe_open(file, framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+                    bar.update(1)
 
 
-def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[LlamaForCausalLM, ModelConfig]:
+def load_model(path: str, dtype: str = "auto", device: str = "cpu",
+               progress: bool = False) -> tuple[LlamaForCausalLM, ModelConfig]:
+    """The checkpoint at `path` as a model in `dtype` on `device`; `progress`: a tqdm bar (on a terminal) and
+    begin / end log lines with the time and size, as SGLang prints them."""
+    start = time.monotonic()
+    if progress:
+        logger.info("loading weights from %s", path)
     cfg = ModelConfig.from_hf(path)
     torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     with torch.device("meta"):
@@ -108,11 +129,15 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[Lla
     rotary = model.layers[0].self_attn.rotary
     fresh = type(rotary)(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
     rotary.cos_sin = fresh.cos_sin.to(device)
-    model.load_weights(iter_weights(path))
+    model.load_weights(iter_weights(path, progress))
     model = model.to(torch_dtype)
     rotary.cos_sin = rotary.cos_sin.float()  # keep rotary tables in fp32 whatever the weights' dtype
     model.eval()
     prepack_linears(model)  # bf16 / fp32 on CPU only
+    if progress:
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        logger.info("weights loaded in %.1f s (%s, %.2f GB)", time.monotonic() - start, resolve_dtype(dtype, device),
+                    size / 1e9)
     return model, cfg
 
 

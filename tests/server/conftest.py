@@ -60,6 +60,11 @@ class ServerHandle:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
 
+    def wait_log(self, needle: str, timeout_s: float = 10.0) -> str:
+        """The log once it contains `needle` (log lines trail the responses they describe)."""
+        return _wait(lambda: (lambda text: text if needle in text else None)(self.log_path.read_text(errors="replace")),
+                     timeout_s, f"{needle!r} in the server log")
+
     def client(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=kw.pop("timeout", 60.0), **kw)
 

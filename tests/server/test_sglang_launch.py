@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = ("{% for m in messages %}<<{{ m.role }}>>{{ m.content }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<<assistant>>{% endif %}")
+TEMPLATE = ("{% if persona %}[{{ persona }}]{% endif %}{% for m in messages %}<<{{ m.role }}>>{{ m.content }}\n"
+            "{% endfor %}{% if add_generation_prompt %}<<assistant>>{% endif %}")
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -43,7 +43,7 @@ def test_an_sglang_launch_line_serves_as_asked(start_server, tmp_path, tiny_mode
                        "--chunked-prefill-size", "256", "--max-running-requests", "8", "--schedule-policy", "fcfs",
                        "--disable-radix-cache", "--enable-metrics", "--trust-remote-code", "--load-format", "auto",
                        "--served-model-name", "first", "second", "--chat-template", str(template),
-                       "--log-level", "info")
+                       "--log-level", "info", "--log-requests")
     info = srv.info()
     assert info["max_total_tokens"] == 1024 and info["random_seed"] == 3 and info["seed"] == 3
     assert info["context_length"] == 2048 and info["mem_fraction_static"] == 0.5
@@ -58,9 +58,20 @@ def test_an_sglang_launch_line_serves_as_asked(start_server, tmp_path, tiny_mode
         assert c.post("/v1/chat/completions", json={"model": srv.model_name, "messages": msgs}).status_code == 404
         tokens = c.post("/tokenize", json={"messages": msgs}).json()["tokens"]
         assert c.get("/metrics").status_code == 200
+        kw = c.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 1, "rid": "kw-1",
+                                                  "chat_template_kwargs": {"persona": "pirate"}}).json()
+        cont = c.post("/v1/chat/completions", json={"messages": msgs + [{"role": "assistant", "content": "Sure, the"}],
+                                                    "max_tokens": 1, "continue_final_message": True}).json()
     tok = load_tokenizer(tiny_model_dir)
     assert tokens == tok.encode("<<user>>hi there\n<<assistant>>", add_special_tokens=False)
-    assert f"pairserve is ready on {srv.url} (model 'first'); try: curl {srv.url}/v1/chat/completions" in srv.log()
+    n = lambda text: len(tok.encode(text, add_special_tokens=False))  # noqa: E731
+    assert kw["usage"]["prompt_tokens"] == n("[pirate]<<user>>hi there\n<<assistant>>")
+    assert cont["usage"]["prompt_tokens"] == n("<<user>>hi there\n<<assistant>>Sure, the")
+    log = srv.wait_log("request kw-1 finished")
+    assert f"pairserve is ready on {srv.url} (model 'first'); try: curl {srv.url}/v1/chat/completions" in log
+    assert "Prefill batch. #new-seq: " in log and "Decode batch. #running-req: " in log
+    line = next(ln for ln in log.splitlines() if "request kw-1 finished" in ln)
+    assert "finished (length): prompt_tokens=" in line and "completion_tokens=1" in line and "e2e=" in line
 
 
 def test_metrics_can_be_turned_off(start_server):
