@@ -264,7 +264,8 @@ class TokenizerManager:
                 send(self.to_scheduler, AbortReq(out.rid))
                 error = APIError(status or 500, reason.get("message") or "request aborted by the engine")
             else:
-                self.metrics.observe_finished(now - st.arrival, out.prompt_tokens, reason.get("type", "stop"))
+                self.metrics.observe_finished(now - st.arrival, out.prompt_tokens, reason.get("type", "stop"),
+                                              out.cached_tokens)
             if self.args.log_requests and st.group.log_requests:
                 self._log_request(out, st, now, error)
         st.group.queue.put_nowait(ReqEvent(st.index, out.text, list(out.new_token_ids), out.finished,

@@ -155,3 +155,31 @@ def test_a_draining_replica_answers_every_router_probe_with_503(tiny_model_dir):
         r = client.get(path)
         assert r.status_code == 503, path
         assert r.json()["error"]["message"] == "the server is shutting down"
+
+
+def test_metrics_carry_sglang_names_beside_pairserve_ones(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with server.client() as c:
+        assert c.post("/generate", json={"text": "count me", "sampling_params": {"max_new_tokens": 3}}).status_code == 200
+        text = c.get("/metrics").text
+    samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.labels.get("model_name") == server.model_name and set(s.labels) <= {"model_name", "le"}:
+                samples[s.name + (f"@{s.labels['le']}" if "le" in s.labels else "")] = s.value
+    pairs = {"sglang:prompt_tokens_total": "pairserve:prompt_tokens_total",
+             "sglang:generation_tokens_total": "pairserve:generation_tokens_total",
+             "sglang:time_to_first_token_seconds_count": "pairserve:time_to_first_token_seconds_count",
+             "sglang:inter_token_latency_seconds_count": "pairserve:inter_token_latency_seconds_count",
+             "sglang:e2e_request_latency_seconds_count": "pairserve:e2e_request_latency_seconds_count",
+             "sglang:num_running_reqs": "pairserve:num_requests_running",
+             "sglang:num_queue_reqs": "pairserve:num_requests_waiting",
+             "sglang:token_usage": "pairserve:kv_cache_usage_perc"}
+    for sg, ours in pairs.items():
+        assert samples[sg] == samples[ours], sg
+    assert samples["sglang:e2e_request_latency_seconds_count"] >= 1 and samples["sglang:num_requests_total"] >= 1
+    assert samples["sglang:max_total_num_tokens"] == 2048
+    hit = samples["pairserve:prefix_cache_hits_total"] / max(samples["pairserve:prefix_cache_queries_total"], 1)
+    assert samples["sglang:cache_hit_rate"] == pytest.approx(hit)
+    assert samples["sglang:cached_tokens_total"] >= 0 and "sglang:num_used_tokens" in samples
