@@ -127,9 +127,10 @@ CHAT_FIELDS: Mapping[str, Field] = MappingProxyType({
     "icl": honored("pairserve extension: ICL segments in place of messages (README, ICL requests)"),
     "logprobs": refused(_SAMPLING, *_OFF),  # sampling
     "top_logprobs": refused(_SAMPLING, 0),  # sampling
-    "tools": refused("tool calls are not implemented yet", []),
-    "tool_choice": refused("tool calls are not implemented yet", "none", "auto"),
-    "parallel_tool_calls": noop("only meaningful with tools"),
+    "tools": honored("rendered by the chat template; <tool_call> blocks in the output become tool_calls"),
+    "tool_choice": honored("none / auto / required / a named function (the last two need the json_schema "
+                           "constraint: 400 until the engine has it)"),
+    "parallel_tool_calls": honored("false: only the first tool call is returned"),
     "functions": refused("deprecated by OpenAI: use tools", []),
     "function_call": refused("deprecated by OpenAI: use tool_choice", "none", "auto"),
     "audio": refused("text-only models"),

@@ -28,9 +28,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.pair.render import icl_from_messages
 from server.api_fields import CHAT_FIELDS, COMPLETION_FIELDS, screen
+from server.chat_messages import chat_messages
 from server.errors import APIError, from_value_error
 from server.request_group import ReqEvent, ReqResult, RequestGroup
 from server.tokenizer_manager import TokenizerManager
+from server.tools import ToolRequest, ToolStreamParser, assistant_message, engine_has_json_schema
 
 MAX_N = 16
 COMPLETION_DEFAULT_MAX_TOKENS = 16
@@ -129,10 +131,10 @@ class OpenAIHandler:
         return out
 
     async def _prepare(self, body: dict, prompt_param: str, max_tokens: Any, default_max: int | None, n: int,
-                       rid: str, prompt=None, input_ids=None, icl=None) -> RequestGroup:
+                       rid: str, prompt=None, input_ids=None, icl=None, extra_sampling=None) -> RequestGroup:
         try:
-            inputs, _ = await self.tm.tokenize(prompt=prompt, input_ids=input_ids,
-                                               sampling_params=self._sampling(body, max_tokens), icl=icl)
+            sampling = {**self._sampling(body, max_tokens), **(extra_sampling or {})}
+            inputs, _ = await self.tm.tokenize(prompt=prompt, input_ids=input_ids, sampling_params=sampling, icl=icl)
             inputs = self._finalize(inputs, max_tokens is not None, default_max, n)
         except ValueError as e:
             raise from_value_error(e, openai_names=True, prompt_param=prompt_param) from None
@@ -164,26 +166,35 @@ class OpenAIHandler:
         model = self._model(body)
         n, stream, include_usage = self._check_common(body, True, rid)
         icl = body.get("icl")
+        tools = ToolRequest.parse(body)
+        extra_sampling = {}
+        if tools is not None and tools.forced:
+            if not engine_has_json_schema():
+                raise APIError(400, f"tool_choice: {tools.choice!r} is enforced with a JSON-schema constraint, "
+                                    "which is not implemented yet; use 'auto'", param="tool_choice")
+            extra_sampling["json_schema"] = json.dumps(tools.call_schema())
         text = None
         if icl is not None:
             # extension: the engine renders the ICL prompt itself (and refines it), so it replaces messages
             if body.get("messages"):
                 raise APIError(400, "icl: cannot be combined with non-empty messages", param="icl")
         else:
-            text, icl = await self._render_messages(body)
+            text, icl = await self._render_messages(body, tools)
         group = await self._prepare(body, "icl" if icl is not None else "messages", self._max_tokens(body), None,
-                                    n, rid, prompt=text, icl=icl)
+                                    n, rid, prompt=text, icl=icl, extra_sampling=extra_sampling)
         meta = {"id": rid, "created": int(time.time()), "model": model}
         if stream:
-            return StreamingResponse(self._stream(group, meta, n, include_usage, chat=True),
+            return StreamingResponse(self._stream(group, meta, n, include_usage, chat=True, tools=tools),
                                      media_type="text/event-stream")
         results = await group.collect(request.is_disconnected)
-        choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
-                    "finish_reason": finish_reason_name(r.finish_reason), **_meta_extension(r)}
-                   for i, r in enumerate(results)]
+        choices = []
+        for i, r in enumerate(results):
+            message, reason = assistant_message(r.text, finish_reason_name(r.finish_reason), tools)
+            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason,
+                            **_meta_extension(r)})
         return JSONResponse({**meta, "object": "chat.completion", "choices": choices, "usage": usage(results, n)})
 
-    async def _render_messages(self, body: dict) -> tuple[str | None, dict | None]:
+    async def _render_messages(self, body: dict, tools: ToolRequest | None) -> tuple[str | None, dict | None]:
         """(prompt text, None), or (None, icl) for messages in InferLog's layout asked for plainly."""
         messages = chat_messages(body)
         continue_final = body.get("continue_final_message") or False
@@ -192,10 +203,15 @@ class OpenAIHandler:
             raise APIError(400, "continue_final_message: must be a boolean", param="continue_final_message")
         if not isinstance(kwargs, dict):
             raise APIError(400, "chat_template_kwargs: must be an object", param="chat_template_kwargs")
-        if not continue_final and not kwargs:
+        if not continue_final and not kwargs and tools is None:
             icl = icl_from_messages(messages)
             if icl is not None:
                 return None, icl
+        if tools is not None:
+            if "tools" not in (getattr(self.tm.tokenizer, "chat_template", None) or ""):
+                raise APIError(400, "tools: this model's chat template does not render tools; start the server "
+                                    "with --chat-template naming one that does", param="tools")
+            kwargs = {**kwargs, "tools": list(tools.tools)}
         try:
             return await self.tm.render_chat(messages, continue_final, kwargs), None
         except ValueError as e:
@@ -203,15 +219,17 @@ class OpenAIHandler:
 
     # --- streaming ------------------------------------------------------------------------------------
     async def _stream(self, group: RequestGroup, meta: dict, n: int, include_usage: bool,
-                      chat: bool) -> AsyncIterator[str]:
+                      chat: bool, tools: ToolRequest | None = None) -> AsyncIterator[str]:
         """SSE frames; a client that goes away cancels this generator and `finally` aborts its requests."""
         obj = "chat.completion.chunk" if chat else "text_completion"
         last: dict[int, ReqEvent] = {}
+        parsers = {i: ToolStreamParser(tools.names, tools.forced, None if tools.parallel else 1)
+                   for i in range(len(group.rids))} if tools else {}
 
-        def chunk(index: int, delta: str, reason: str | None, role: bool = False) -> str:
+        def chunk(index: int, delta: str | dict, reason: str | None, role: bool = False) -> str:
             if chat:
                 d: dict[str, Any] = {"role": "assistant", "content": ""} if role else (
-                    {"content": delta} if delta else {})
+                    delta if isinstance(delta, dict) else ({"content": delta} if delta else {}))
                 choice = {"index": index, "delta": d, "logprobs": None, "finish_reason": reason}
             else:
                 choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": reason}
@@ -228,7 +246,13 @@ class OpenAIHandler:
                 if ev.finished:
                     last[ev.index] = ev
                 reason = finish_reason_name(ev.finish_reason) if ev.finished else None
-                if chat and ev.delta:
+                if parsers:
+                    parser = parsers[ev.index]
+                    for d in parser.feed(ev.delta) + (parser.finish() if ev.finished else []):
+                        yield chunk(ev.index, d, None)
+                    if reason is not None:
+                        yield chunk(ev.index, "", "tool_calls" if parser.num_calls else reason)
+                elif chat and ev.delta:
                     yield chunk(ev.index, ev.delta, None)
                     if reason is not None:
                         yield chunk(ev.index, "", reason)
@@ -260,25 +284,3 @@ def usage(results: list[ReqResult], n: int) -> dict[str, Any]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in firsts)}}
-
-
-def chat_messages(body: dict) -> list[dict[str, str]]:
-    """Validated messages as {"role", "content": str}; content parts of type text are joined."""
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise APIError(400, "messages: must be a non-empty list", param="messages")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise APIError(400, f"messages[{i}]: must be an object with a string 'role'", param="messages")
-        content = m.get("content")
-        if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise APIError(400, f"messages[{i}].content: only text parts are supported", param="messages")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise APIError(400, f"messages[{i}].content: must be a string or a list of text parts",
-                           param="messages")
-        out.append({"role": m["role"], "content": content})
-    return out
