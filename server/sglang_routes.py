@@ -125,7 +125,7 @@ def add_sglang_routes(app: FastAPI, tm: TokenizerManager, names: tuple[str, ...]
                 raise from_value_error(e, openai_names=True, prompt_param="messages") from None
         if not isinstance(prompt, str):
             raise APIError(400, "prompt: must be a string", param="prompt")
-        tokens = await tm.encode(prompt, add_special)
+        tokens = await tm.on_worker(lambda: list(tm.tokenizer.encode(prompt, add_special_tokens=add_special)))
         return {"tokens": tokens, "count": len(tokens), "max_model_len": tm.context_len}
 
     async def detokenize(request: Request):
@@ -136,10 +136,10 @@ def add_sglang_routes(app: FastAPI, tm: TokenizerManager, names: tuple[str, ...]
         skip = body.get("skip_special_tokens", True)
         if not isinstance(skip, bool):
             raise APIError(400, "skip_special_tokens: must be a boolean", param="skip_special_tokens")
-        try:
-            text = await tm.decode(tokens, skip)
-        except ValueError as e:
-            raise from_value_error(e, openai_names=False) from None
+        vocab = len(tm.tokenizer)
+        if any(t < 0 or t >= vocab for t in tokens):
+            raise APIError(400, f"tokens: token id out of range [0, {vocab})", param="tokens")
+        text = await tm.on_worker(lambda: tm.tokenizer.decode(tokens, skip_special_tokens=skip))
         return {"text": text, "prompt": text}  # SGLang's key and vLLM's
 
     for prefix in ("", "/v1"):

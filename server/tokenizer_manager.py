@@ -111,20 +111,9 @@ class TokenizerManager:
         return await asyncio.get_running_loop().run_in_executor(
             self.worker, self._apply_chat_template, messages, continue_final_message, template_kwargs or {})
 
-    async def encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        """`text`'s token ids (on the worker thread, which owns the tokenizer)."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self.worker, lambda: list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens)))
-
-    async def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-        """The text of token ids (on the worker thread); ValueError naming 'tokens' for ids outside the vocab."""
-        def run() -> str:
-            vocab = len(self.tokenizer)
-            if any(t < 0 or t >= vocab for t in ids):
-                raise ValueError(f"tokens: token id out of range [0, {vocab})")
-            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
-
-        return await asyncio.get_running_loop().run_in_executor(self.worker, run)
+    async def on_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` on the worker thread that owns the tokenizer (e.g. /tokenize, /detokenize)."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
     def _tokenize(self, prompt, input_ids, sampling_params, icl):
         from engine.pair.render import SegmentEncoder
@@ -276,8 +265,7 @@ class TokenizerManager:
     def _log_request(out: TextOut, st: _ReqState, now: float, error: APIError | None) -> None:
         """--log-requests: one line per finished request (its id as the client knows it, lengths, timings)."""
         ttft = "-" if st.first_output is None else f"{st.first_output - st.arrival:.3f}s"
-        outcome = f"error {error.status}: {error.message}" if error is not None else (
-            (out.finish_reason or {}).get("type", "stop"))
+        outcome = f"error {error.status}: {error.message}" if error else (out.finish_reason or {}).get("type", "stop")
         logger.info("request %s finished (%s): prompt_tokens=%d cached_tokens=%d completion_tokens=%d ttft=%s "
                     "e2e=%.3fs", st.group.public_ids[st.index], outcome, out.prompt_tokens, out.cached_tokens,
                     out.completion_tokens, ttft, now - st.arrival)

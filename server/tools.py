@@ -85,7 +85,8 @@ class ToolRequest:
 
     def call_schema(self) -> dict:
         """The JSON schema the whole output must match when a call is forced: one {name, arguments} object."""
-        options = [t["function"] for t in self.tools if self.choice == "required" or t["function"]["name"] == self.choice]
+        options = [t["function"] for t in self.tools
+                   if self.choice == "required" or t["function"]["name"] == self.choice]
         variants = [{"type": "object", "properties": {"name": {"const": fn["name"]},
                                                       "arguments": fn.get("parameters") or {"type": "object"}},
                      "required": ["name", "arguments"]} for fn in options]

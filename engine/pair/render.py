@@ -119,7 +119,9 @@ def icl_from_messages(messages: Sequence[dict]) -> dict | None:
     system, examples_msg, ack, query_msg = (m.get("content") for m in messages)
     if not all(isinstance(c, str) for c in (system, examples_msg, ack, query_msg)) or ack != ACK:
         return None
-    if not (query_msg.startswith(_BLOCK_PREFIX) and query_msg.endswith("`")) or len(query_msg) <= len(_BLOCK_PREFIX) + 1:
+    if not query_msg.startswith(_BLOCK_PREFIX) or not query_msg.endswith("`"):
+        return None
+    if len(query_msg) <= len(_BLOCK_PREFIX) + 1:  # an empty query
         return None
     if not examples_msg.startswith(EXAMPLES_HEADER):
         return None

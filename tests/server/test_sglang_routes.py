@@ -32,7 +32,8 @@ def test_server_info_has_sglang_flat_keys(server, tiny_model_dir):
     assert info["model_path"] == tiny_model_dir and info["served_model_name"] == server.model_name
     assert info["tp_size"] == 1 and info["dp_size"] == 1 and isinstance(info["version"], str)
     assert info["max_total_tokens"] == info["kv_capacity_tokens"] == 2048
-    assert info["context_length"] == 4096 and info["max_running_requests"] == info["server_args"]["max_running_requests"]
+    assert info["context_length"] == 4096
+    assert info["max_running_requests"] == info["server_args"]["max_running_requests"]
     assert "api_key" not in info and "api_key" not in info["server_args"]
     assert {"num_running", "num_waiting", "pids"} <= info.keys()
 
@@ -161,7 +162,8 @@ def test_metrics_carry_sglang_names_beside_pairserve_ones(server):
     from prometheus_client.parser import text_string_to_metric_families
 
     with server.client() as c:
-        assert c.post("/generate", json={"text": "count me", "sampling_params": {"max_new_tokens": 3}}).status_code == 200
+        r = c.post("/generate", json={"text": "count me", "sampling_params": {"max_new_tokens": 3}})
+        assert r.status_code == 200
         text = c.get("/metrics").text
     samples = {}
     for fam in text_string_to_metric_families(text):
