@@ -44,6 +44,7 @@ class EngineLoop:
         self._rng = random.Random(args.seed)
         self.failed_steps = 0  # consecutive steps whose forward raised (their requests were aborted)
         self._grammar_backend: GrammarBackend | None = None
+        self.last_batch = None  # the batch the last step ran (None: it found nothing to run), for batch logs
 
     def _decode_tail(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -102,7 +103,7 @@ class EngineLoop:
         return self.scheduler.has_work()
 
     def step(self) -> list[StepOutput]:
-        batch = self.scheduler.schedule()
+        batch = self.last_batch = self.scheduler.schedule()
         try:
             result = self.runner.run(batch) if batch is not None else None
         except Exception as e:  # a failed forward must not strand the batch's requests and their KV

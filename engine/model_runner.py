@@ -38,7 +38,7 @@ class ModelRunner:
         if args.device == "cpu":
             keep_freed_memory()
         self.dtype = resolve_dtype(args.dtype, args.device)  # "auto" → what this hardware computes natively
-        self.model, self.model_config = load_model(model_path, self.dtype, args.device)
+        self.model, self.model_config = load_model(model_path, self.dtype, args.device, progress=True)
         cfg: ModelConfig = self.model_config
         self.context_len = min(args.context_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
         dtype = DTYPES[self.dtype]

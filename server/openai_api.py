@@ -1,14 +1,17 @@
 """`/v1/completions` and `/v1/chat/completions`: OpenAI request bodies → engine requests → OpenAI responses.
 
-Sampling: max_tokens (chat also max_completion_tokens) → max_new_tokens, temperature, top_p, seed, stop, plus
-the SGLang extras top_k, min_p, ignore_eos, stop_token_ids, skip_special_tokens, no_stop_trim at the top level;
-penalties, logit_bias, logprobs, response_format and priority as server/openai_sampling.py maps them.
-max_tokens defaults to 16 for completions (as OpenAI) and to the rest of the context for chat; an explicit
-value that does not fit the context is a 400. Parameters we do not implement (echo, suffix, tools, ...) are
-rejected with 400 when set to anything but their neutral value, never silently ignored.
+Sampling: max_tokens (or max_completion_tokens, on both routes) → max_new_tokens, temperature, top_p, seed
+(sampling_seed), stop, plus the SGLang extras top_k, min_p, ignore_eos, stop_token_ids, skip_special_tokens,
+no_stop_trim at the top level; penalties, logit_bias, min_tokens, logprobs, response_format / regex / ebnf /
+json_schema and priority as server/openai_sampling.py maps them. max_tokens defaults to 16 for completions (as OpenAI) and to the rest of the context
+for chat; an explicit value that does not fit the context is a 400. Every other field is screened by
+server.api_fields (honored / documented no-op / 400 naming it; unknown fields are logged as ignored).
 
 Extension: `icl` (engine.icl) in a chat request replaces `messages` (omit them or send []); the engine renders
-and refines the prompt, and each choice carries `meta_info` with `icl_order` and `icl_substituted`.
+and refines the prompt, and each choice carries `meta_info` with `icl_order` and `icl_substituted`. Messages in
+InferLog's exact four-message layout (engine.pair.render.icl_from_messages) are served as that icl request too,
+with the server's --pair-policy: the prompt text is the same, and PAIR works behind routers that forward messages
+only (sglang-router).
 
 n > 1 is served by submitting n engine requests per prompt (choice index = prompt_index * n + j); with a seed,
 choice j samples with seed + j so the choices differ. usage counts each prompt (and its cached tokens) once.
@@ -19,25 +22,24 @@ import dataclasses
 import json
 import time
 import uuid
-from types import MappingProxyType
 from typing import Any, AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from engine.pair.render import icl_from_messages
+from server.api_fields import CHAT_FIELDS, COMPLETION_FIELDS, screen
+from server.chat_messages import chat_messages
 from server.errors import APIError, from_value_error
 from server.logprob_format import openai_chat, openai_completion
 from server.openai_sampling import logprob_fields, sampling_fields
 from server.request_group import ReqEvent, ReqResult, RequestGroup
 from server.tokenizer_manager import TokenizerManager
+from server.tools import ToolRequest, ToolStreamParser, assistant_message
 
 MAX_N = 16
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 SGLANG_EXTRAS = ("top_k", "min_p", "ignore_eos", "stop_token_ids", "skip_special_tokens", "no_stop_trim")
-# parameter → the values that mean "off"; anything else asks for a feature we do not have.
-UNSUPPORTED = MappingProxyType({
-    "echo": (None, False), "suffix": (None, ""), "tools": (None, []), "functions": (None, []),
-})
 
 
 def sse(obj: Any) -> str:
@@ -52,24 +54,35 @@ def finish_reason_name(reason: dict | None) -> str | None:
 
 
 class OpenAIHandler:
-    def __init__(self, tm: TokenizerManager, served_model_name: str):
+    def __init__(self, tm: TokenizerManager, served_model_names: tuple[str, ...]):
         self.tm = tm
-        self.model_name = served_model_name
+        self.model_names = served_model_names
 
     # --- parsing --------------------------------------------------------------------------------------
-    def _check_common(self, body: dict) -> tuple[int, bool, bool]:
-        """Validate model / unsupported params / n / stream; return (n, stream, include_usage)."""
+    def _request_id(self, body: dict, prefix: str) -> str:
+        """The response id: the client's SGLang `rid` when it sent one, else a fresh `<prefix>-<hex>`."""
+        rid = body.get("rid")
+        if rid is None:
+            return f"{prefix}-{uuid.uuid4().hex}"
+        if not isinstance(rid, str) or not rid:
+            raise APIError(400, "rid: must be a non-empty string", param="rid")
+        return rid
+
+    def _model(self, body: dict) -> str:
+        """The served name the request asked for (responses echo it), or the first; 404 for another model."""
         model = body.get("model")
-        if model is not None and model != self.model_name:
-            raise APIError(404, f"model: {model!r} does not exist; this server serves {self.model_name!r}",
+        if model is None:
+            return self.model_names[0]
+        if model not in self.model_names:
+            raise APIError(404, f"model: {model!r} does not exist; this server serves {list(self.model_names)}",
                            param="model", code="model_not_found")
-        for key, neutral in UNSUPPORTED.items():
-            if not _is_neutral(body.get(key), neutral):
-                raise APIError(400, f"{key}: not supported by this server", param=key)
+        return model
+
+    def _check_common(self, body: dict, chat: bool, rid: str) -> tuple[int, bool, bool]:
+        """Screen the fields (server.api_fields), validate n / stream; return (n, stream, include_usage)."""
+        screen(body, CHAT_FIELDS if chat else COMPLETION_FIELDS, rid)
         n = body.get("n")
         n = 1 if n is None else n
-        if body.get("best_of") not in (None, 1, n):
-            raise APIError(400, "best_of: not supported by this server", param="best_of")
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
             raise APIError(400, f"n: must be an integer in [1, {MAX_N}] (got {n!r})", param="n")
         stream = body.get("stream", False) if body.get("stream") is not None else False
@@ -91,8 +104,20 @@ class OpenAIHandler:
         for key in ("temperature", "top_p", "seed", "stop", *SGLANG_EXTRAS):
             if body.get(key) is not None:
                 sp[key] = body[key]
+        if body.get("sampling_seed") is not None:  # SGLang's name
+            if sp.setdefault("seed", body["sampling_seed"]) != body["sampling_seed"]:
+                raise APIError(400, "sampling_seed: conflicts with seed", param="sampling_seed")
         sp.update(sampling_fields(body))
         return sp
+
+    @staticmethod
+    def _max_tokens(body: dict) -> Any:
+        """max_completion_tokens (OpenAI's newer name) or max_tokens; both given must agree."""
+        new, old = body.get("max_completion_tokens"), body.get("max_tokens")
+        if new is not None and old is not None and new != old:
+            raise APIError(400, "max_completion_tokens: conflicts with max_tokens; send one",
+                           param="max_completion_tokens")
+        return old if new is None else new
 
     def _finalize(self, inputs: list, explicit_max: bool, default_max: int | None, n: int) -> list:
         """Fix max_new_tokens against the context and expand each prompt into n requests."""
@@ -110,15 +135,20 @@ class OpenAIHandler:
         return out
 
     async def _prepare(self, body: dict, prompt_param: str, max_tokens: Any, default_max: int | None, n: int,
-                       prompt=None, input_ids=None, icl=None, chat: bool = False) -> RequestGroup:
+                       rid: str, prompt=None, input_ids=None, icl=None, extra_sampling=None,
+                       chat: bool = False) -> RequestGroup:
+        sampling = self._sampling(body, max_tokens)
+        if extra_sampling and any(sampling.get(k) is not None for k in ("regex", "ebnf", "json_schema")):
+            raise APIError(400, "tool_choice: a forced tool call is its own constraint; it cannot be combined with "
+                                "response_format, regex, ebnf or json_schema", param="tool_choice")
+        sampling.update(extra_sampling or {})
         try:
-            inputs, _ = await self.tm.tokenize(prompt=prompt, input_ids=input_ids,
-                                               sampling_params=self._sampling(body, max_tokens), icl=icl,
+            inputs, _ = await self.tm.tokenize(prompt=prompt, input_ids=input_ids, sampling_params=sampling, icl=icl,
                                                **logprob_fields(body, chat))
             inputs = self._finalize(inputs, max_tokens is not None, default_max, n)
         except ValueError as e:
             raise from_value_error(e, openai_names=True, prompt_param=prompt_param) from None
-        return self.tm.submit(inputs)
+        return self.tm.submit(inputs, [rid] * len(inputs))
 
     async def _logprobs(self, token_lps: list, top_lps: list, chat: bool, text_offset: int = 0) -> dict:
         """OpenAI's logprobs object for some output tokens ([logprob, id] pairs and their tops)."""
@@ -136,15 +166,17 @@ class OpenAIHandler:
 
     # --- routes ---------------------------------------------------------------------------------------
     async def completions(self, body: dict, request: Request):
-        n, stream, include_usage = self._check_common(body)
+        rid = self._request_id(body, "cmpl")
+        model = self._model(body)
+        n, stream, include_usage = self._check_common(body, False, rid)
         prompt = body.get("prompt")
         if prompt is None:
             raise APIError(400, "prompt: missing", param="prompt")
         ids_like = isinstance(prompt, list) and bool(prompt) and (
             all(isinstance(t, int) for t in prompt) or all(isinstance(p, list) for p in prompt))
-        group = await self._prepare(body, "prompt", body.get("max_tokens"), COMPLETION_DEFAULT_MAX_TOKENS, n,
+        group = await self._prepare(body, "prompt", self._max_tokens(body), COMPLETION_DEFAULT_MAX_TOKENS, n, rid,
                                     prompt=None if ids_like else prompt, input_ids=prompt if ids_like else None)
-        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_name}
+        meta = {"id": rid, "created": int(time.time()), "model": model}
         if stream:
             return StreamingResponse(self._stream(group, meta, n, include_usage, chat=False),
                                      media_type="text/event-stream")
@@ -154,47 +186,74 @@ class OpenAIHandler:
         return JSONResponse({**meta, "object": "text_completion", "choices": choices, "usage": usage(results, n)})
 
     async def chat(self, body: dict, request: Request):
-        n, stream, include_usage = self._check_common(body)
+        rid = self._request_id(body, "chatcmpl")
+        model = self._model(body)
+        n, stream, include_usage = self._check_common(body, True, rid)
         icl = body.get("icl")
+        tools = ToolRequest.parse(body)
+        extra_sampling = {}
+        if tools is not None and tools.forced:  # required / a named function: the call's JSON schema enforces it
+            extra_sampling["json_schema"] = json.dumps(tools.call_schema())
         text = None
         if icl is not None:
             # extension: the engine renders the ICL prompt itself (and refines it), so it replaces messages
             if body.get("messages"):
                 raise APIError(400, "icl: cannot be combined with non-empty messages", param="icl")
         else:
-            try:
-                text = await self.tm.render_chat(chat_messages(body))
-            except ValueError as e:
-                raise from_value_error(e, openai_names=True, prompt_param="messages") from None
-        max_tokens = body.get("max_completion_tokens")
-        if max_tokens is None:
-            max_tokens = body.get("max_tokens")
-        group = await self._prepare(body, "icl" if icl is not None else "messages", max_tokens, None, n,
-                                    prompt=text, icl=icl, chat=True)
-        meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_name}
+            text, icl = await self._render_messages(body, tools)
+        group = await self._prepare(body, "icl" if icl is not None else "messages", self._max_tokens(body), None,
+                                    n, rid, prompt=text, icl=icl, extra_sampling=extra_sampling, chat=True)
+        meta = {"id": rid, "created": int(time.time()), "model": model}
         if stream:
-            return StreamingResponse(self._stream(group, meta, n, include_usage, chat=True),
+            return StreamingResponse(self._stream(group, meta, n, include_usage, chat=True, tools=tools),
                                      media_type="text/event-stream")
         results = await group.collect(request.is_disconnected)
-        choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
-                    "logprobs": await self._result_logprobs(r, chat=True),
-                    "finish_reason": finish_reason_name(r.finish_reason), **_meta_extension(r)}
-                   for i, r in enumerate(results)]
+        choices = []
+        for i, r in enumerate(results):
+            message, reason = assistant_message(r.text, finish_reason_name(r.finish_reason), tools)
+            choices.append({"index": i, "message": message, "logprobs": await self._result_logprobs(r, chat=True),
+                            "finish_reason": reason,
+                            **_meta_extension(r)})
         return JSONResponse({**meta, "object": "chat.completion", "choices": choices, "usage": usage(results, n)})
+
+    async def _render_messages(self, body: dict, tools: ToolRequest | None) -> tuple[str | None, dict | None]:
+        """(prompt text, None), or (None, icl) for messages in InferLog's layout asked for plainly."""
+        messages = chat_messages(body)
+        continue_final = body.get("continue_final_message") or False
+        kwargs = body.get("chat_template_kwargs") or {}
+        if not isinstance(continue_final, bool):
+            raise APIError(400, "continue_final_message: must be a boolean", param="continue_final_message")
+        if not isinstance(kwargs, dict):
+            raise APIError(400, "chat_template_kwargs: must be an object", param="chat_template_kwargs")
+        if not continue_final and not kwargs and tools is None:
+            icl = icl_from_messages(messages)
+            if icl is not None:
+                return None, icl
+        if tools is not None:
+            if "tools" not in (getattr(self.tm.tokenizer, "chat_template", None) or ""):
+                raise APIError(400, "tools: this model's chat template does not render tools; start the server "
+                                    "with --chat-template naming one that does", param="tools")
+            kwargs = {**kwargs, "tools": list(tools.tools)}
+        try:
+            return await self.tm.render_chat(messages, continue_final, kwargs), None
+        except ValueError as e:
+            raise from_value_error(e, openai_names=True, prompt_param="messages") from None
 
     # --- streaming ------------------------------------------------------------------------------------
     async def _stream(self, group: RequestGroup, meta: dict, n: int, include_usage: bool,
-                      chat: bool) -> AsyncIterator[str]:
+                      chat: bool, tools: ToolRequest | None = None) -> AsyncIterator[str]:
         """SSE frames; a client that goes away cancels this generator and `finally` aborts its requests."""
         obj = "chat.completion.chunk" if chat else "text_completion"
         last: dict[int, ReqEvent] = {}
+        parsers = {i: ToolStreamParser(tools.names, tools.forced, None if tools.parallel else 1)
+                   for i in range(len(group.rids))} if tools else {}
 
         text_offsets: dict[int, int] = {}  # completions: characters streamed so far per choice (text_offset)
 
-        def chunk(index: int, delta: str, reason: str | None, role: bool = False, logprobs=None) -> str:
+        def chunk(index: int, delta: str | dict, reason: str | None, role: bool = False, logprobs=None) -> str:
             if chat:
                 d: dict[str, Any] = {"role": "assistant", "content": ""} if role else (
-                    {"content": delta} if delta else {})
+                    delta if isinstance(delta, dict) else ({"content": delta} if delta else {}))
                 choice = {"index": index, "delta": d, "logprobs": logprobs, "finish_reason": reason}
             else:
                 choice = {"index": index, "text": delta, "logprobs": logprobs, "finish_reason": reason}
@@ -217,7 +276,13 @@ class OpenAIHandler:
                                                ev.logprobs["output_top_logprobs"], chat,
                                                text_offsets.get(ev.index, 0))
                 text_offsets[ev.index] = text_offsets.get(ev.index, 0) + len(ev.delta)
-                if chat and (ev.delta or lps):
+                if parsers:
+                    parser = parsers[ev.index]
+                    for d in parser.feed(ev.delta) + (parser.finish() if ev.finished else []):
+                        yield chunk(ev.index, d, None)
+                    if reason is not None:
+                        yield chunk(ev.index, "", "tool_calls" if parser.num_calls else reason)
+                elif chat and (ev.delta or lps):
                     yield chunk(ev.index, ev.delta, None, logprobs=lps)
                     if reason is not None:
                         yield chunk(ev.index, "", reason)
@@ -230,15 +295,6 @@ class OpenAIHandler:
             yield SSE_DONE
         finally:
             group.abort()
-
-
-def _is_neutral(value: Any, neutral: tuple) -> bool:
-    """True when `value` leaves the feature off (bools only match bools: `"echo": 0` is not `False`)."""
-    if value is None:
-        return True
-    if isinstance(value, bool):
-        return any(isinstance(v, bool) and v == value for v in neutral)
-    return any(v is not None and not isinstance(v, bool) and v == value for v in neutral)
 
 
 def _meta_extension(r: ReqResult) -> dict[str, Any]:
@@ -258,25 +314,3 @@ def usage(results: list[ReqResult], n: int) -> dict[str, Any]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in firsts)}}
-
-
-def chat_messages(body: dict) -> list[dict[str, str]]:
-    """Validated messages as {"role", "content": str}; content parts of type text are joined."""
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise APIError(400, "messages: must be a non-empty list", param="messages")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise APIError(400, f"messages[{i}]: must be an object with a string 'role'", param="messages")
-        content = m.get("content")
-        if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise APIError(400, f"messages[{i}].content: only text parts are supported", param="messages")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise APIError(400, f"messages[{i}].content: must be a string or a list of text parts",
-                           param="messages")
-        out.append({"role": m["role"], "content": content})
-    return out

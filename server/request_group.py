@@ -51,10 +51,12 @@ class ReqResult:
 class RequestGroup:
     """The engine requests behind one HTTP request (prompts × n); their events share one queue."""
 
-    def __init__(self, abort_rid: Callable[[str], None], rids: list[str]):
+    def __init__(self, abort_rid: Callable[[str], None], rids: list[str], public_ids: list[str] | None = None):
         """`abort_rid(rid)` aborts one engine request (the tokenizer manager's `abort`)."""
         self.abort_rid = abort_rid
         self.rids = rids
+        self.public_ids = list(rids) if public_ids is None else public_ids  # what the client calls each request
+        self.log_requests = True  # False: left out of --log-requests (SGLang's no_logs)
         self.queue: asyncio.Queue[ReqEvent] = asyncio.Queue()
         self.finished = [False] * len(rids)
         self.created = time.monotonic()

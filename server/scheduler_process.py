@@ -22,6 +22,7 @@ from engine.scheduler.finish import ENGINE_ERROR_PREFIX
 
 from server.ipc import (IpcAddresses, parent_alive, pull_socket, push_socket, recv_all, report_startup_failure,
                         send)
+from server.batch_log import BatchLogger, KvState
 from server.messages import (AbortReq, BatchTokenOut, FlushCacheOut, FlushCacheReq, GenerateReq, Ready, ShutdownReq,
                              StatsOut, StatsReq, TokenOut, UpdateConfigOut, UpdateConfigReq)
 
@@ -70,10 +71,17 @@ class SchedulerProcess:
         self.failed_steps = 0
         self.last_stats_at = 0.0
         self.stopping = False
+        self.batch_log = BatchLogger(self.kv_state, logger)
 
     # --- stats ------------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         return {**self.loop.stats(), "scheduler_pid": os.getpid()}
+
+    def kv_state(self) -> KvState:
+        sch = self.loop.scheduler
+        kv, tree = sch.kv, sch.kv.tree
+        used = kv.capacity - kv.allocator.num_free - (tree.evictable_size if tree else 0)
+        return KvState(len(sch.running) + (sch.chunked is not None), len(sch.waiting), used, kv.capacity)
 
     def push_stats_if_due(self) -> None:
         now = time.monotonic()
@@ -140,6 +148,7 @@ class SchedulerProcess:
         except Exception:
             self.on_step_failure(traceback.format_exc())
             return
+        self.batch_log.on_step(self.loop.last_batch)
         self.failed_steps = self.loop.failed_steps  # forward failures: the loop aborted their batch itself
         if self.failed_steps >= MAX_CONSECUTIVE_STEP_FAILURES:
             raise RuntimeError(f"engine step failed {self.failed_steps} times in a row")
@@ -205,6 +214,8 @@ class SchedulerProcess:
                 self.handle(msg)
             if self.loop.has_work():
                 self.step()
+            else:
+                self.batch_log.flush()
             self.push_stats_if_due()
 
     def close(self) -> None:

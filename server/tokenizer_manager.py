@@ -38,6 +38,7 @@ class _ReqState:
     index: int
     arrival: float
     last_output: float | None = None
+    first_output: float | None = None
 
 
 class TokenizerManager:
@@ -110,9 +111,18 @@ class TokenizerManager:
         return await asyncio.get_running_loop().run_in_executor(
             self.worker, token_pieces, self.tokenizer, ids, self._piece_cache)
 
-    async def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        """The chat template applied to `messages` (on the worker thread); ValueError naming 'messages'."""
-        return await asyncio.get_running_loop().run_in_executor(self.worker, self._apply_chat_template, messages)
+    async def render_chat(self, messages: list[dict[str, Any]], continue_final_message: bool = False,
+                          template_kwargs: dict[str, Any] | None = None) -> str:
+        """The chat template applied to `messages` (on the worker thread); ValueError naming 'messages'.
+
+        continue_final_message: the last (assistant) message stays open for the model to continue, instead of a
+        new assistant turn being opened. template_kwargs: extra variables for the template (tools among them)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.worker, self._apply_chat_template, messages, continue_final_message, template_kwargs or {})
+
+    async def on_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` on the worker thread that owns the tokenizer (e.g. /tokenize, /detokenize)."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
     def _tokenize(self, prompt, input_ids, sampling_params, icl, request_fields):
         from engine.pair.render import SegmentEncoder
@@ -126,19 +136,27 @@ class TokenizerManager:
         return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len,
                                 **request_fields)
 
-    def _apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+    def _apply_chat_template(self, messages: list[dict[str, Any]], continue_final_message: bool,
+                             template_kwargs: dict[str, Any]) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("messages: this model has no chat template; use /v1/completions")
+        if continue_final_message and messages[-1].get("role") != "assistant":
+            raise ValueError("continue_final_message: the last message must be the assistant's")
         try:
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=not continue_final_message, tokenize=False,
+                continue_final_message=continue_final_message, **template_kwargs)
         except Exception as e:  # template errors are the client's messages not fitting the template
             raise ValueError(f"messages: the chat template rejected them ({e})") from None
 
-    def submit(self, inputs: list) -> RequestGroup:
-        """Queue validated RequestInputs (engine.request_input) as one group; 503 once the engine is gone."""
+    def submit(self, inputs: list, public_ids: list[str] | None = None) -> RequestGroup:
+        """Queue validated RequestInputs (engine.request_input) as one group; 503 once the engine is gone.
+
+        `public_ids`: the id a client knows each request by (its `rid`, or the response id), for
+        /abort_request and logs; default the engine rids."""
         if self.dead_reason is not None:
             raise APIError(self.dead_status, self.dead_reason)
-        group = RequestGroup(self.abort, [inp.rid for inp in inputs])
+        group = RequestGroup(self.abort, [inp.rid for inp in inputs], public_ids)
         now = time.monotonic()
         for index, inp in enumerate(inputs):
             self.states[inp.rid] = _ReqState(group, index, now)
@@ -151,6 +169,17 @@ class TokenizerManager:
     def abort(self, rid: str) -> None:
         if self.states.pop(rid, None) is not None and self.dead_reason is None:
             send(self.to_scheduler, AbortReq(rid))
+
+    def abort_request(self, rid: str | None, abort_all: bool = False) -> int:
+        """SGLang's /abort_request: end the requests whose public id or engine rid is `rid` (or every request
+        with `abort_all`) as finished with reason abort, and free them in the scheduler. Returns how many."""
+        matched = [(r, st) for r, st in self.states.items()
+                   if abort_all or r == rid or st.group.public_ids[st.index] == rid]
+        reason = {"type": "abort", "matched": None, "message": "aborted by /abort_request"}
+        for r, st in matched:
+            st.group.queue.put_nowait(ReqEvent(st.index, "", [], True, reason, 0, 0, 0, None, None))
+            self.abort(r)
+        return len(matched)
 
     # --- control requests -----------------------------------------------------------------------------
     async def _ask(self, make_msg: Callable[[int], Any]) -> Any:
@@ -223,6 +252,8 @@ class TokenizerManager:
         self.metrics.observe_output(len(out.new_token_ids), now - st.arrival, since_last)
         if out.new_token_ids:
             st.last_output = now
+            if st.first_output is None:
+                st.first_output = now
         error = None
         reason = out.finish_reason or {}
         if out.finished:
@@ -234,10 +265,22 @@ class TokenizerManager:
                 send(self.to_scheduler, AbortReq(out.rid))
                 error = APIError(status or 500, reason.get("message") or "request aborted by the engine")
             else:
-                self.metrics.observe_finished(now - st.arrival, out.prompt_tokens, reason.get("type", "stop"))
+                self.metrics.observe_finished(now - st.arrival, out.prompt_tokens, reason.get("type", "stop"),
+                                              out.cached_tokens)
+            if self.args.log_requests and st.group.log_requests:
+                self._log_request(out, st, now, error)
         st.group.queue.put_nowait(ReqEvent(st.index, out.text, list(out.new_token_ids), out.finished,
                                            out.finish_reason, out.prompt_tokens, out.completion_tokens,
                                            out.cached_tokens, out.extra, error, out.logprobs))
+
+    @staticmethod
+    def _log_request(out: TextOut, st: _ReqState, now: float, error: APIError | None) -> None:
+        """--log-requests: one line per finished request (its id as the client knows it, lengths, timings)."""
+        ttft = "-" if st.first_output is None else f"{st.first_output - st.arrival:.3f}s"
+        outcome = f"error {error.status}: {error.message}" if error else (out.finish_reason or {}).get("type", "stop")
+        logger.info("request %s finished (%s): prompt_tokens=%d cached_tokens=%d completion_tokens=%d ttft=%s "
+                    "e2e=%.3fs", st.group.public_ids[st.index], outcome, out.prompt_tokens, out.cached_tokens,
+                    out.completion_tokens, ttft, now - st.arrival)
 
     # --- failure and shutdown -------------------------------------------------------------------------
     def fail_all(self, status: int, reason: str) -> None:

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
+import time
 
 import torch
 from safetensors import safe_open
+from tqdm.auto import tqdm
 
 from engine.config import GGUF_SUFFIX, ModelConfig
 from engine.models.layers import cpu_bf16_native, prepack_linears
 from engine.models.llama import LlamaForCausalLM
 from engine.models.qwen2 import Qwen2ForCausalLM
 from engine.models.qwen3 import Qwen3ForCausalLM
+
+logger = logging.getLogger("pairserve.loader")
 
 # model_type -> class; Mistral is the Llama decoder (its sliding window: ModelConfig caps the context to it)
 ARCHITECTURES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM,
@@ -104,14 +109,30 @@ def safetensors_files(path: str) -> list[str]:
     return files
 
 
-def iter_weights(path: str):
-    for file in safetensors_files(path):
-        with safe_open(file, framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+def iter_weights(path: str, progress: bool = False):
+    """(name, tensor) for every checkpoint tensor; `progress` shows a tqdm bar on a terminal (stderr)."""
+    files = safetensors_files(path)
+    total = 0
+    if progress:
+        for file in files:
+            with safe_open(file, framework="pt") as f:
+                total += len(f.keys())
+    with tqdm(total=total, desc="Loading weights", unit="tensor", disable=None if progress else True,
+              dynamic_ncols=True) as bar:
+        for file in files:
+            with safe_open(file, framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+                    bar.update(1)
 
 
-def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[LlamaForCausalLM, ModelConfig]:
+def load_model(path: str, dtype: str = "auto", device: str = "cpu",
+               progress: bool = False) -> tuple[LlamaForCausalLM, ModelConfig]:
+    """The checkpoint at `path` (an HF dir, or a .gguf file) as a model in `dtype` on `device`; `progress`: a
+    tqdm bar (on a terminal) and begin / end log lines with the time and size, as SGLang prints them."""
+    start = time.monotonic()
+    if progress:
+        logger.info("loading weights from %s", path)
     reader = None
     if is_gguf(path):  # one reader for the config and the weights: opening one parses all its metadata
         from engine.models.gguf_file import gguf_hf_config, iter_gguf_weights, open_gguf
@@ -135,20 +156,41 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[Lla
     if reader is not None:
         model.load_weights(iter_gguf_weights(path, reader))  # dequantized to fp32, cast to the serving dtype below
     else:
-        model.load_weights(iter_weights(path))
+        model.load_weights(iter_weights(path, progress))
     model = model.to(torch_dtype)
     rotary.cos_sin = rotary.cos_sin.float()  # keep rotary tables in fp32 whatever the weights' dtype
     model.eval()
     prepack_linears(model)  # bf16 / fp32 on CPU only
+    if progress:
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        logger.info("weights loaded in %.1f s (%s, %.2f GB)", time.monotonic() - start, resolve_dtype(dtype, device),
+                    size / 1e9)
     return model, cfg
 
 
-def load_tokenizer(path: str):
-    """The checkpoint's tokenizer (with its chat template): AutoTokenizer for a dir, the metadata for a GGUF."""
+def load_tokenizer(path: str, chat_template: str | None = None):
+    """The checkpoint's tokenizer (with its chat template): AutoTokenizer for a dir, the metadata for a GGUF;
+    `chat_template` (a Jinja file's path, --chat-template) replaces its template.
+
+    ValueError names `chat_template` when that file is missing. Nothing in the checkpoint is executed
+    (no trust_remote_code): only tokenizer files are read."""
+    template = read_chat_template(chat_template) if chat_template is not None else None
     if is_gguf(path):
         from engine.models.gguf_file import build_tokenizer
 
-        return build_tokenizer(path)
-    from transformers import AutoTokenizer
+        tokenizer = build_tokenizer(path)
+    else:
+        from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    if template is not None:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
+def read_chat_template(path: str) -> str:
+    """The text of a --chat-template file; ValueError naming the flag if it is not a file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"chat_template: {path!r} is not a file (give the path of a Jinja template)")
+    with open(path, encoding="utf-8") as f:
+        return f.read()

@@ -60,6 +60,11 @@ class ServerHandle:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
 
+    def wait_log(self, needle: str, timeout_s: float = 10.0) -> str:
+        """The log once it contains `needle` (log lines trail the responses they describe)."""
+        return _wait(lambda: (lambda text: text if needle in text else None)(self.log_path.read_text(errors="replace")),
+                     timeout_s, f"{needle!r} in the server log")
+
     def client(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=kw.pop("timeout", 60.0), **kw)
 
@@ -153,6 +158,20 @@ def start_server(tiny_model_dir, tmp_path):
 
     def start(*flags: str, api_key: str | None = None) -> ServerHandle:
         handles.append(_launch(tiny_model_dir, tmp_path, flags, api_key))
+        return handles[-1]
+
+    yield start
+    for h in handles:
+        h.stop()
+
+
+@pytest.fixture(scope="module")
+def start_module_server(tiny_model_dir, tmp_path_factory):
+    """`start_server` for servers a whole test module shares; stopped when the module is done."""
+    handles: list[ServerHandle] = []
+
+    def start(*flags: str, api_key: str | None = None) -> ServerHandle:
+        handles.append(_launch(tiny_model_dir, tmp_path_factory.mktemp("module-server"), flags, api_key))
         return handles[-1]
 
     yield start
