@@ -120,7 +120,9 @@ class GrammarBackend:
                                                       stop_token_ids=self.stop_token_ids)
             self._compiler = xgr.GrammarCompiler(info, max_threads=1)
         if kind == "json_schema":
-            return self._compiler.compile_json_schema(spec)
+            # Compact JSON (xgrammar's default separators, no free whitespace between tokens): free whitespace
+            # lets a weak or undertrained model spend its whole budget on blanks before the first key.
+            return self._compiler.compile_json_schema(spec, any_whitespace=False)
         if kind == "regex":
             return self._compiler.compile_regex(spec)
         return self._compiler.compile_grammar(spec)
