@@ -17,6 +17,7 @@ from engine.config import ServerArgs
 from engine.knobs import LIVE_KNOBS, apply_knobs
 from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
+from engine.pair.refiner import ANONYMOUS_TENANT
 from engine.pair.render import IclPrompt
 from engine.radix_cache import make_eviction_policy
 from engine.scheduler import Req, Scheduler, StepOutput
@@ -49,20 +50,24 @@ class EngineLoop:
             ids.add(tokenizer.eos_token_id)
         return tuple(sorted(ids))
 
-    def add(self, rid: str, input_ids: list[int], sampling: SamplingParams, icl: IclPrompt | None = None) -> None:
+    def add(self, rid: str, input_ids: list[int], sampling: SamplingParams, icl: IclPrompt | None = None,
+            tenant: str = ANONYMOUS_TENANT) -> None:
         """Queue one request. Raises ValueError (naming the field) if it cannot run; nothing is queued then.
 
         With `icl`, input_ids is its unrefined assembly; PAIR may rewrite it when the request is admitted."""
-        self.enqueue(self.make_request(rid, input_ids, sampling, icl))
+        self.enqueue(self.make_request(rid, input_ids, sampling, icl, tenant))
 
     def make_request(self, rid: str, input_ids: list[int], sampling: SamplingParams,
-                     icl: IclPrompt | None = None) -> Req:
+                     icl: IclPrompt | None = None, tenant: str = ANONYMOUS_TENANT) -> Req:
         """A validated Req, not yet queued (ValueError naming the field if it can never run). Touches no queue
-        state, so a caller may build requests while another thread runs a step."""
+        state, so a caller may build requests while another thread runs a step. `tenant` scopes the request's
+        PAIR examples (and, with isolate_prefix_cache, its radix prefixes) to that tenant."""
+        if not isinstance(tenant, str) or not tenant:
+            raise ValueError("tenant: must be a non-empty string")
         sampling.validate()
         seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(63)
         req = Req(rid=rid, input_ids=list(input_ids), sampling=sampling, eos_token_ids=self.eos_token_ids,
-                  seed=seed, icl=icl)
+                  seed=seed, icl=icl, tenant=tenant)
         self.scheduler.check_new(req)
         return req
 
@@ -121,7 +126,7 @@ class EngineLoop:
         """Each example's template (PAIR's matching identity), or None when one is unknown: a substituted
         example comes from PAIR's registry, which may have dropped it since."""
         known = {ex.id: ex.output for ex in req.icl.examples} if req.icl is not None else {}
-        registry = self.scheduler.pair.registry
+        registry = self.scheduler.pair.scope(req.tenant).registry
         out = []
         for eid in example_ids:
             if eid not in known:

@@ -60,6 +60,7 @@ class Req:
     seed: int = 0
     segments: Segments | None = None
     icl: Any = None  # engine.pair.render.IclPrompt for ICL requests; PAIR rewrites input_ids at admission
+    tenant: str = "anonymous"  # whose PAIR state (and, with isolate_prefix_cache, whose radix namespace) it uses
     arrival_time: float = field(default_factory=time.monotonic)
     # generation state
     output_ids: list[int] = field(default_factory=list)
