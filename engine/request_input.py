@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from engine.pair.render import IclPrompt, SegmentEncoder, render_icl, validate_icl
+from engine.pair.render import IclPrompt, SegmentEncoder, check_text, render_icl, validate_icl
 from engine.sampling_params import SamplingParams
 
 
@@ -53,6 +53,8 @@ def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len:
             raise ValueError("prompt: empty list")
         if any(p == "" for p in prompts):
             raise ValueError("prompt: empty prompt")
+        for p in prompts:
+            check_text(p, "prompt")
         ids_list = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     else:
         single = bool(input_ids) and all(isinstance(t, int) for t in input_ids)

@@ -10,10 +10,9 @@ Every error is `{"error": {"message", "type", "param", "code"}}`; no request err
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import secrets
+import uuid
 from typing import Any, AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
@@ -21,6 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.auth import KeyRing, RouteAuth, request_tenant
+from server.body_checks import parse_body
 from server.errors import APIError, from_value_error
 from server.openai_api import SSE_DONE, OpenAIHandler, sse
 from server.request_group import RequestGroup
@@ -47,13 +48,7 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, 
             break
     if size > limit:
         raise APIError(413, f"request body is larger than {limit} bytes")
-    try:
-        obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise APIError(400, f"body: invalid JSON ({e})", code="invalid_json") from None
-    if not isinstance(obj, dict):
-        raise APIError(400, "body: must be a JSON object")
-    return obj
+    return parse_body(bytes(body))
 
 
 def generate_result(r, rid: str) -> dict[str, Any]:
@@ -85,20 +80,14 @@ async def generate_stream(group: RequestGroup) -> AsyncIterator[str]:
 
 
 def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str, int],
-              max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+              max_body_bytes: int = MAX_BODY_BYTES, keyring: KeyRing | None = None) -> FastAPI:
+    """`keyring` (server/auth.py) is built from args at startup; None builds it here (reads --api-key-file)."""
     app = FastAPI(title="pairserve", docs_url=None, redoc_url=None, openapi_url=None)
     openai = OpenAIHandler(tm, served_model_name)
-
-    def require_key(request: Request) -> None:
-        if args.api_key is None:
-            return
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), args.api_key.encode()):
-            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
-                           code="invalid_api_key")
-
-    auth = [Depends(require_key)]
+    route_auth = RouteAuth(keyring if keyring is not None else KeyRing.from_args(args))
+    auth = [Depends(route_auth.tenant)]  # any tenant key
+    admin = [Depends(route_auth.admin)]  # the admin key (server/auth.py)
+    probe = [Depends(route_auth.probe)]  # open with --metrics-public
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -114,10 +103,11 @@ def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        logger.exception("unhandled error in %s %s", request.method, request.url.path)
-        return APIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+        request_id = uuid.uuid4().hex
+        logger.exception("unhandled error in %s %s (request id %s)", request.method, request.url.path, request_id)
+        return APIError(500, f"internal server error (request id {request_id})", code="internal_error").response()
 
-    @app.get("/health")
+    @app.get("/health", dependencies=probe)
     async def health():
         if tm.dead_reason is not None:
             return APIError(tm.dead_status, tm.dead_reason).response()
@@ -156,28 +146,28 @@ def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str
             if err.param == "prompt":
                 err.param = "text"
             raise err from None
-        group = tm.submit(inputs)
+        group = tm.submit(inputs, tenant=request_tenant(request))
         if stream:
             return StreamingResponse(generate_stream(group), media_type="text/event-stream")
         results = await group.collect(request.is_disconnected)
         out = [generate_result(r, rid) for r, rid in zip(results, group.rids)]
         return out[0] if single else out
 
-    @app.get("/metrics", dependencies=auth)
+    @app.get("/metrics", dependencies=probe)
     async def metrics():
         data, content_type = tm.metrics.render()
         return Response(data, media_type=content_type)
 
     async def server_info():
         stats = await tm.get_stats()
-        public_args = {k: v for k, v in dataclasses.asdict(tm.args).items() if k != "api_key"}
+        public_args = {k: v for k, v in dataclasses.asdict(tm.args).items() if k not in ("api_key", "admin_api_key")}
         return {**stats, "served_model_name": served_model_name, "context_len": tm.context_len,
                 "server_args": public_args, "pids": {"server": os.getpid(), **pids}}
 
     app.get("/get_server_info", dependencies=auth)(server_info)
     app.get("/stats", dependencies=auth)(server_info)
 
-    @app.post("/update_config", dependencies=auth)
+    @app.post("/update_config", dependencies=admin)
     async def update_config(request: Request):
         """Live knobs (engine.knobs.LIVE_KNOBS) as a JSON object → every live knob's value afterwards."""
         body = await read_json(request, max_body_bytes)
@@ -186,7 +176,7 @@ def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str
         except ValueError as e:
             raise from_value_error(e, openai_names=False) from None
 
-    @app.post("/flush_cache", dependencies=auth)
+    @app.post("/flush_cache", dependencies=admin)
     async def flush_cache():
         res = await tm.flush_cache()
         if not res.success:

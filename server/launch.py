@@ -26,6 +26,7 @@ import uvicorn
 import uvloop
 
 from server.app import build_app
+from server.auth import KeyRing
 from server.cli import parse_server_args
 from server.detokenizer import run_detokenizer_process
 from server.ipc import IpcAddresses
@@ -82,8 +83,9 @@ class _Server(uvicorn.Server):
 
 
 class Launcher:
-    def __init__(self, args, model_path: str):
+    def __init__(self, args, model_path: str, keyring: KeyRing | None = None):
         self.args = args
+        self.keyring = keyring if keyring is not None else KeyRing.from_args(args)
         self.model_path = model_path
         self.served_model_name = args.served_model_name or default_served_model_name(args.model_path)
         self.addrs = IpcAddresses.create(args.port)
@@ -141,7 +143,7 @@ class Launcher:
         await self.tm.wait_ready(set(self.procs), self.check_alive, CHILD_READY_TIMEOUT_S)
         self.check_alive()
         pids = {name: p.pid for name, p in self.procs.items()}
-        app = build_app(self.tm, self.args, self.served_model_name, pids)
+        app = build_app(self.tm, self.args, self.served_model_name, pids, keyring=self.keyring)
         config = uvicorn.Config(app, host=self.args.host, port=self.args.port, loop="uvloop",
                                 log_level=self.args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                                 access_log=self.args.log_level == "debug")
@@ -201,7 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"python -m server: error: {e}", file=sys.stderr)
         return 2
+    try:
+        keyring = KeyRing.from_args(args)  # refuses an empty key, a bad key file, a key given twice
+    except ValueError as e:
+        print(f"python -m server: error: {e}", file=sys.stderr)
+        return 2
     if not port_available(args.host, args.port):
         print(f"python -m server: error: port: {args.host}:{args.port} is already in use", file=sys.stderr)
         return 1
-    return Launcher(args, model_path).run()
+    return Launcher(args, model_path, keyring).run()

@@ -30,6 +30,7 @@ class GenerateReq:
     input_ids: list[int]
     sampling: dict[str, Any]
     icl: dict[str, Any] | None = None
+    tenant: str = "anonymous"  # from the API key (server/auth.py): scopes PAIR and, if isolated, the prefix cache
 
 
 @dataclass

@@ -24,6 +24,8 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from engine.pair.refiner import ANONYMOUS_TENANT
+from server.auth import request_tenant
 from server.errors import APIError, from_value_error
 from server.request_group import ReqEvent, ReqResult, RequestGroup
 from server.tokenizer_manager import TokenizerManager
@@ -37,6 +39,12 @@ UNSUPPORTED = MappingProxyType({
     "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
     "tools": (None, []), "functions": (None, []), "response_format": (None, {"type": "text"}),
 })
+
+
+# The roles a chat message may have → the role the chat template gets ('developer' is OpenAI's newer name for
+# the system role, and it maps it so for models without one).
+CHAT_ROLES = MappingProxyType({"system": "system", "user": "user", "assistant": "assistant", "tool": "tool",
+                               "developer": "system"})
 
 
 def sse(obj: Any) -> str:
@@ -108,14 +116,14 @@ class OpenAIHandler:
         return out
 
     async def _prepare(self, body: dict, prompt_param: str, max_tokens: Any, default_max: int | None, n: int,
-                       prompt=None, input_ids=None, icl=None) -> RequestGroup:
+                       prompt=None, input_ids=None, icl=None, tenant: str = ANONYMOUS_TENANT) -> RequestGroup:
         try:
             inputs, _ = await self.tm.tokenize(prompt=prompt, input_ids=input_ids,
                                                sampling_params=self._sampling(body, max_tokens), icl=icl)
             inputs = self._finalize(inputs, max_tokens is not None, default_max, n)
         except ValueError as e:
             raise from_value_error(e, openai_names=True, prompt_param=prompt_param) from None
-        return self.tm.submit(inputs)
+        return self.tm.submit(inputs, tenant=tenant)
 
     # --- routes ---------------------------------------------------------------------------------------
     async def completions(self, body: dict, request: Request):
@@ -126,7 +134,8 @@ class OpenAIHandler:
         ids_like = isinstance(prompt, list) and bool(prompt) and (
             all(isinstance(t, int) for t in prompt) or all(isinstance(p, list) for p in prompt))
         group = await self._prepare(body, "prompt", body.get("max_tokens"), COMPLETION_DEFAULT_MAX_TOKENS, n,
-                                    prompt=None if ids_like else prompt, input_ids=prompt if ids_like else None)
+                                    prompt=None if ids_like else prompt, input_ids=prompt if ids_like else None,
+                                    tenant=request_tenant(request))
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_name}
         if stream:
             return StreamingResponse(self._stream(group, meta, n, include_usage, chat=False),
@@ -153,7 +162,7 @@ class OpenAIHandler:
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
         group = await self._prepare(body, "icl" if icl is not None else "messages", max_tokens, None, n,
-                                    prompt=text, icl=icl)
+                                    prompt=text, icl=icl, tenant=request_tenant(request))
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_name}
         if stream:
             return StreamingResponse(self._stream(group, meta, n, include_usage, chat=True),
@@ -243,6 +252,9 @@ def chat_messages(body: dict) -> list[dict[str, str]]:
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise APIError(400, f"messages[{i}]: must be an object with a string 'role'", param="messages")
+        if m["role"] not in CHAT_ROLES:
+            raise APIError(400, f"messages[{i}].role: must be one of {sorted(CHAT_ROLES)} (got {m['role']!r})",
+                           param="messages")
         content = m.get("content")
         if isinstance(content, list):
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
@@ -252,5 +264,5 @@ def chat_messages(body: dict) -> list[dict[str, str]]:
         if not isinstance(content, str):
             raise APIError(400, f"messages[{i}].content: must be a string or a list of text parts",
                            param="messages")
-        out.append({"role": m["role"], "content": content})
+        out.append({"role": CHAT_ROLES[m["role"]], "content": content})
     return out

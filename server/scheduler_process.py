@@ -106,10 +106,7 @@ class SchedulerProcess:
         try:
             sampling = SamplingParams.from_dict(msg.sampling)
             icl = icl_from_wire(msg.icl)
-            if icl is None:
-                self.loop.add(msg.rid, msg.input_ids, sampling)
-            else:
-                self.loop.add(msg.rid, msg.input_ids, sampling, icl=icl)
+            self.loop.add(msg.rid, msg.input_ids, sampling, icl=icl, tenant=msg.tenant)
         except Exception as e:  # a bad request must not take the engine down
             status = 400 if isinstance(e, ValueError) else 500
             if status == 500:

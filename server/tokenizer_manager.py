@@ -20,6 +20,7 @@ from typing import Any, Callable
 import zmq
 import zmq.asyncio
 
+from engine.pair.refiner import ANONYMOUS_TENANT
 from server.errors import APIError
 from server.ipc import IpcAddresses, pull_socket, push_socket, send
 from server.messages import (AbortReq, BatchTextOut, ChildFailed, FlushCacheOut, FlushCacheReq, GenerateReq, Ready,
@@ -38,6 +39,15 @@ class _ReqState:
     index: int
     arrival: float
     last_output: float | None = None
+
+
+def client_error(status: int, message: str, rid: str) -> APIError:
+    """The error a client sees for an engine failure: a 4xx says why; a 5xx only carries the request id, and its
+    text (an exception's, which may quote internals) goes to the log."""
+    if status < 500:
+        return APIError(status, message)
+    logger.error("request %s failed with %d: %s", rid, status, message)
+    return APIError(status, f"internal server error (request id {rid})", code="internal_error")
 
 
 class TokenizerManager:
@@ -124,8 +134,9 @@ class TokenizerManager:
         except Exception as e:  # template errors are the client's messages not fitting the template
             raise ValueError(f"messages: the chat template rejected them ({e})") from None
 
-    def submit(self, inputs: list) -> RequestGroup:
-        """Queue validated RequestInputs (engine.request_input) as one group; 503 once the engine is gone."""
+    def submit(self, inputs: list, tenant: str = ANONYMOUS_TENANT) -> RequestGroup:
+        """Queue validated RequestInputs (engine.request_input) as one group for `tenant` (resolved from the API
+        key by server/auth.py, never from the body); 503 once the engine is gone or draining."""
         if self.dead_reason is not None:
             raise APIError(self.dead_status, self.dead_reason)
         group = RequestGroup(self, [inp.rid for inp in inputs])
@@ -133,7 +144,8 @@ class TokenizerManager:
         for index, inp in enumerate(inputs):
             self.states[inp.rid] = _ReqState(group, index, now)
             icl = dataclasses.asdict(inp.icl) if getattr(inp, "icl", None) is not None else None
-            send(self.to_scheduler, GenerateReq(inp.rid, list(inp.input_ids), dataclasses.asdict(inp.sampling), icl))
+            send(self.to_scheduler, GenerateReq(inp.rid, list(inp.input_ids), dataclasses.asdict(inp.sampling), icl,
+                                                tenant))
         return group
 
     def abort(self, rid: str) -> None:
@@ -220,7 +232,7 @@ class TokenizerManager:
                 # Aborts the server asked for never get here (their state is gone first): this one is an engine
                 # error or the engine giving up on the request; make sure the scheduler has let it go.
                 send(self.to_scheduler, AbortReq(out.rid))
-                error = APIError(status or 500, reason.get("message") or "request aborted by the engine")
+                error = client_error(status or 500, reason.get("message") or "request aborted by the engine", out.rid)
             else:
                 self.metrics.observe_finished(now - st.arrival, out.prompt_tokens, reason.get("type", "stop"))
         st.group.queue.put_nowait(ReqEvent(st.index, out.text, list(out.new_token_ids), out.finished,

@@ -89,3 +89,13 @@ def test_isolated_prefix_cache_never_serves_another_tenants_tokens(isolate, tiny
     else:
         assert all(cb >= m["prompt_tokens"] - 1 for cb, m in zip(cached_b, outs_b))
         assert all(cb > ca for cb, ca in zip(cached_b, cached_a))
+
+
+def test_lone_surrogate_is_a_value_error_naming_the_field(tiny_model_dir, make_engine):
+    eng = make_engine(tiny_model_dir)
+    with pytest.raises(ValueError, match="^prompt: not valid Unicode"):
+        eng.generate("ok \ud800", GREEDY)
+    icl = {"instruction": "x", "query": "q", "examples": [{"input": "a\udc00", "output": "b"}]}
+    with pytest.raises(ValueError, match=r"^icl.examples\[0\].input: not valid Unicode"):
+        eng.generate(icl=icl, sampling_params=GREEDY)
+    assert eng.generate("ok", GREEDY)["meta_info"]["completion_tokens"] == 2
