@@ -62,6 +62,7 @@ class ServerArgs:
     api_key_file: str | None = None  # lines "KEY TENANT": one key per tenant (read by the server at startup)
     admin_api_key: str | None = None  # the only key for admin routes (/flush_cache, /update_config) when set
     metrics_public: bool = False  # /health and /metrics answer without a key even when keys are set
+    shutdown_drain_seconds: float = 30.0  # on SIGTERM, in-flight requests get this long to finish (new ones: 503)
     log_level: str = "info"
     tp_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -107,6 +108,8 @@ class ServerArgs:
                 raise ValueError(f"{name}: must not contain whitespace or control characters")
         if self.api_key_file is not None and (not isinstance(self.api_key_file, str) or not self.api_key_file):
             bad("api_key_file", "must be a non-empty path or None")
+        if not 0 <= self.shutdown_drain_seconds <= 3600:
+            bad("shutdown_drain_seconds", "must be in [0, 3600]")
         if self.tp_size != 1:
             bad("tp_size", "only 1 is supported (single device)")
         if not 0 < self.port < 65536:

@@ -109,8 +109,9 @@ def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str
 
     @app.get("/health", dependencies=probe)
     async def health():
-        if tm.dead_reason is not None:
-            return APIError(tm.dead_status, tm.dead_reason).response()
+        refusal = tm.unavailable()  # a dead child, or draining for shutdown
+        if refusal is not None:
+            return refusal.response()
         return {"status": "ok"}
 
     @app.get("/v1/models", dependencies=auth)

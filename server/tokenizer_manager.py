@@ -71,6 +71,7 @@ class TokenizerManager:
         self.seq = itertools.count(1)
         self.dead_reason: str | None = None
         self.dead_status = 503
+        self.draining_reason: str | None = None  # set by start_draining (SIGTERM): new requests get 503
         self.ready_info: dict[str, Ready] = {}
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
 
@@ -134,11 +135,25 @@ class TokenizerManager:
         except Exception as e:  # template errors are the client's messages not fitting the template
             raise ValueError(f"messages: the chat template rejected them ({e})") from None
 
+    def start_draining(self, reason: str) -> None:
+        """Shutdown began: refuse new requests and control calls with 503, let in-flight ones finish."""
+        if self.draining_reason is None:
+            self.draining_reason = reason
+
+    def unavailable(self) -> APIError | None:
+        """Why new work is refused (a child died, or the server is draining), or None while serving."""
+        if self.dead_reason is not None:
+            return APIError(self.dead_status, self.dead_reason)
+        if self.draining_reason is not None:
+            return APIError(503, self.draining_reason)
+        return None
+
     def submit(self, inputs: list, tenant: str = ANONYMOUS_TENANT) -> RequestGroup:
         """Queue validated RequestInputs (engine.request_input) as one group for `tenant` (resolved from the API
         key by server/auth.py, never from the body); 503 once the engine is gone or draining."""
-        if self.dead_reason is not None:
-            raise APIError(self.dead_status, self.dead_reason)
+        refusal = self.unavailable()
+        if refusal is not None:
+            raise refusal
         group = RequestGroup(self, [inp.rid for inp in inputs])
         now = time.monotonic()
         for index, inp in enumerate(inputs):
