@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
+MAX_SEED = 1 << 63
+MAX_TOKEN_ID = 1 << 31  # ints past these bounds cannot travel in the server's msgpack messages (it was a 500)
 # Below this a temperature would overflow logits / temperature in fp32; such requests decode greedily.
 GREEDY_TEMPERATURE = 1e-5
 
@@ -113,14 +115,16 @@ class SamplingParams:
             raise _err("temperature", "must be a finite number >= 0", self.temperature)
         if not 0.0 < self.top_p <= 1.0:
             raise _err("top_p", "must be in (0, 1]", self.top_p)
-        if self.top_k == 0 or self.top_k < -1:
+        if self.top_k == 0 or self.top_k < -1 or self.top_k >= MAX_TOKEN_ID:
             raise _err("top_k", "must be -1 (off) or >= 1", self.top_k)
         if not 0.0 <= self.min_p <= 1.0:
             raise _err("min_p", "must be in [0, 1]", self.min_p)
         if any(s == "" for s in self.stop):
             raise _err("stop", "stop strings must be non-empty", self.stop)
-        if any(t < 0 for t in self.stop_token_ids):
-            raise _err("stop_token_ids", "token ids must be >= 0", self.stop_token_ids)
+        if self.seed is not None and not 0 <= self.seed < MAX_SEED:
+            raise _err("seed", "must be in [0, 2**63)", self.seed)  # a 64-bit seed travels as msgpack and torch
+        if any(not 0 <= t < MAX_TOKEN_ID for t in self.stop_token_ids):
+            raise _err("stop_token_ids", "token ids must be in [0, 2**31)", self.stop_token_ids)
         return self
 
     @property

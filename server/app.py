@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server.auth import KeyRing, RouteAuth, request_tenant
 from server.body_checks import parse_body
 from server.errors import APIError, from_value_error
+from server.openapi_doc import openapi_document
 from server.openai_api import SSE_DONE, OpenAIHandler, sse
 from server.request_group import RequestGroup
 from server.tokenizer_manager import TokenizerManager
@@ -113,6 +114,10 @@ def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str
         if refusal is not None:
             return refusal.response()
         return {"status": "ok"}
+
+    @app.get("/openapi.json", dependencies=auth)
+    async def openapi_json():
+        return openapi_document()
 
     @app.get("/v1/models", dependencies=auth)
     async def models():
