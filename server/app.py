@@ -1,11 +1,13 @@
-"""The FastAPI app: routes, API-key check, body-size limit, OpenAI-style errors.
+"""The FastAPI app: routes, key checks (server/auth.py: tenant, admin and probe routes), body-size limit,
+strict JSON bodies (server/body_checks.py), OpenAI-style errors.
 
-Routes: GET /health (no key needed; 503 once a child died or shutdown began), GET /v1/models,
+Routes: GET /health (503 once a child died or shutdown began), GET /openapi.json, GET /v1/models,
 POST /v1/completions, POST /v1/chat/completions, POST /generate (native: {text|input_ids|icl, sampling_params,
 stream} → {text, output_ids, meta_info}), GET /metrics, GET /get_server_info (alias /stats: scheduler stats,
 KV capacity / free / cache sizes, process ids, current server args), POST /flush_cache (400 unless idle),
 POST /update_config (live knobs of engine.knobs, applied between scheduler steps).
-Every error is `{"error": {"message", "type", "param", "code"}}`; no request error stops the server.
+Every error is `{"error": {"message", "type", "param", "code"}}`; no request error stops the server; a 500 says
+only its request id (the exception goes to the log). Each request's tenant comes from its key, never its body.
 """
 from __future__ import annotations
 
