@@ -154,7 +154,7 @@ class TokenizerManager:
         refusal = self.unavailable()
         if refusal is not None:
             raise refusal
-        group = RequestGroup(self, [inp.rid for inp in inputs])
+        group = RequestGroup(self.abort, [inp.rid for inp in inputs])
         now = time.monotonic()
         for index, inp in enumerate(inputs):
             self.states[inp.rid] = _ReqState(group, index, now)
