@@ -132,7 +132,7 @@ def run_schemathesis(srv: ServerProc, max_examples: int, work_dir: Path, timeout
            "--checks", "not_a_server_error", "--mode", "positive", "--max-examples", str(max_examples),
            "--phases", "examples,coverage,fuzzing", "--workers", "1", "--request-timeout", "300", "--seed", "0",
            "--report", "junit", "--report-junit-path", str(report), "--no-color"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=work_dir)  # its cache too
     out = proc.stdout + proc.stderr
     tests = failures = errors = None
     if report.exists():
