@@ -60,6 +60,7 @@ class ServerArgs:
     pair_policy: str = "none"  # default refine policy for icl requests that do not say
     pair_table_capacity: int = 200
     pair_keep_last: bool = False  # native PAIR keeps the request's last (most similar) example last
+    isolate_prefix_cache: bool = False  # tenants never share radix prefixes (closes the cache-timing side channel)
     # kernels
     attention_backend: str = "auto"
     num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
@@ -69,7 +70,11 @@ class ServerArgs:
     # server
     host: str = "127.0.0.1"
     port: int = 30000
-    api_key: str | None = None
+    api_key: str | None = None  # one tenant ("default"); see server/auth.py
+    api_key_file: str | None = None  # lines "KEY TENANT": one key per tenant (read by the server at startup)
+    admin_api_key: str | None = None  # the only key for admin routes (/flush_cache, /update_config) when set
+    metrics_public: bool = False  # /health and /metrics answer without a key even when keys are set
+    shutdown_drain_seconds: float = 30.0  # on SIGTERM, in-flight requests get this long to finish (new ones: 503)
     log_level: str = "info"
     log_requests: bool = False  # log each request's id, lengths and timings when it finishes
     enable_metrics: bool = True  # GET /metrics (Prometheus); --no-enable-metrics turns the route off
@@ -120,6 +125,16 @@ class ServerArgs:
             bad("trace_file", "must be a non-empty path or None")
         if type(self.trace_block_size) is not int or self.trace_block_size < 1:
             bad("trace_block_size", "must be an integer >= 1")
+        for name in ("api_key", "admin_api_key"):
+            key = getattr(self, name)
+            if key is not None and (not isinstance(key, str) or not key.strip()):
+                raise ValueError(f"{name}: must not be empty or whitespace")
+            if key is not None and (any(c.isspace() for c in key) or not key.isprintable()):
+                raise ValueError(f"{name}: must not contain whitespace or control characters")
+        if self.api_key_file is not None and (not isinstance(self.api_key_file, str) or not self.api_key_file):
+            bad("api_key_file", "must be a non-empty path or None")
+        if not 0 <= self.shutdown_drain_seconds <= 3600:
+            bad("shutdown_drain_seconds", "must be in [0, 3600]")
         if self.tp_size != 1:
             bad("tp_size", "only 1 is supported (single device)")
         if self.dp_size != 1:

@@ -22,6 +22,7 @@ from engine.cpu_runtime import OpenMPPools
 from engine.detokenize import IncrementalDetokenizer
 from engine.loop import EngineLoop
 from engine.models.loader import load_tokenizer, resolve_model_path
+from engine.pair.refiner import ANONYMOUS_TENANT
 from engine.pair.render import SegmentEncoder
 from engine.request_input import normalize_inputs
 from engine.request_state import ReqState
@@ -147,8 +148,8 @@ class Engine:
             raise RuntimeError("engine is shut down")
 
     # --- callers' side ----------------------------------------------------------------------------------
-    def _submit(self, prompt, sampling_params, input_ids, icl=None,
-                stream: bool = False, **request_fields) -> tuple[list[ReqState], bool]:
+    def _submit(self, prompt, sampling_params, input_ids, icl=None, stream: bool = False,
+                tenant: str | None = None, **request_fields) -> tuple[list[ReqState], bool]:
         self._check_alive()
         start = time.monotonic()  # latencies count validation and tokenization too
         inputs, single = normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.loop.context_len,
@@ -160,8 +161,8 @@ class Engine:
         states, reqs = [], []
         for inp in inputs:
             sp = inp.sampling
-            reqs.append(self.loop.make_request(inp.rid, inp.input_ids, sp, inp.icl, inp.logprob,
-                                               inp.priority))  # ValueError: nothing queued
+            reqs.append(self.loop.make_request(inp.rid, inp.input_ids, sp, inp.icl, inp.logprob, inp.priority,
+                                               ANONYMOUS_TENANT if tenant is None else tenant))  # ValueError: none queued
             detok = IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens, sp.stop, sp.no_stop_trim)
             states.append(ReqState(inp, detok, start, threading.Condition(self._lock), stream))
         with self._cv:
@@ -204,8 +205,8 @@ class Engine:
     # --- public API -------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
                  input_ids: list[int] | list[list[int]] | None = None, stream: bool = False,
-                 icl: dict | list[dict] | None = None, return_logprob=None, logprob_start_len=None,
-                 top_logprobs_num=None, return_text_in_logprobs=None, priority=None):
+                 icl: dict | list[dict] | None = None, tenant: str | None = None, return_logprob=None,
+                 logprob_start_len=None, top_logprobs_num=None, return_text_in_logprobs=None, priority=None):
         """Generate for one prompt (→ dict) or a batch (→ list of dicts, in order).
 
         Each dict: {"text", "output_ids", "meta_info": {"prompt_tokens", "completion_tokens", "cached_tokens",
@@ -213,15 +214,16 @@ class Engine:
         stream=True (single prompt), returns an iterator of dicts whose "text" is the text so far and "delta" the
         new part. Bad input raises ValueError naming the field, and nothing is queued. `icl` ({"instruction",
         "examples": [{"input", "output"}], "query", "refine": none|table|native}) renders an ICL prompt whose
-        examples PAIR may reorder at admission; meta_info then carries icl_order and icl_substituted. Safe to call
-        from many threads at once.
+        examples PAIR may reorder at admission; meta_info then carries icl_order, icl_substituted and icl_examples
+        (sha256(input + "\n" + output)[:16] of each example of the final prompt). `tenant` (default: the anonymous
+        tenant) scopes PAIR: a request is only given examples its own tenant sent. Safe to call from many threads.
 
         SGLang's request fields (each one value or a list with one per prompt): `return_logprob`,
         `logprob_start_len`, `top_logprobs_num`, `return_text_in_logprobs` (engine/logprob_options.py) put
         input_token_logprobs, output_token_logprobs, input_top_logprobs and output_top_logprobs in meta_info;
         `priority` (needs enable_priority_scheduling) orders admission, higher first.
         """
-        states, single = self._submit(prompt, sampling_params, input_ids, icl, stream,
+        states, single = self._submit(prompt, sampling_params, input_ids, icl, stream, tenant,
                                       return_logprob=return_logprob, logprob_start_len=logprob_start_len,
                                       top_logprobs_num=top_logprobs_num,
                                       return_text_in_logprobs=return_text_in_logprobs, priority=priority)
@@ -243,10 +245,11 @@ class Engine:
             if not st.finished:
                 self._abort_quietly(st.inp.rid)
 
-    async def async_generate(self, prompt=None, sampling_params=None, input_ids=None, icl=None, **request_fields):
+    async def async_generate(self, prompt=None, sampling_params=None, input_ids=None, icl=None, tenant=None,
+                             **request_fields):
         """Async `generate` (non-streaming): the wait runs in a worker thread so the event loop stays free.
-        `request_fields`: generate's logprob and priority fields."""
-        states, single = self._submit(prompt, sampling_params, input_ids, icl, **request_fields)
+        `tenant` and `request_fields`: as generate's."""
+        states, single = self._submit(prompt, sampling_params, input_ids, icl, tenant=tenant, **request_fields)
         try:
             results = await asyncio.to_thread(self._wait_all, states)
         except BaseException:

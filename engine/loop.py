@@ -19,6 +19,7 @@ from engine.knobs import LIVE_KNOBS, apply_knobs
 from engine.logprob_options import LogprobOptions
 from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
+from engine.pair.refiner import ANONYMOUS_TENANT
 from engine.pair.render import IclPrompt
 from engine.radix_cache import make_eviction_policy
 from engine.scheduler import Req, Scheduler, StepOutput
@@ -56,18 +57,22 @@ class EngineLoop:
         return tuple(sorted(ids))
 
     def add(self, rid: str, input_ids: list[int], sampling: SamplingParams, icl: IclPrompt | None = None,
-            logprob: LogprobOptions | None = None, priority: int | None = None) -> None:
+            logprob: LogprobOptions | None = None, priority: int | None = None,
+            tenant: str = ANONYMOUS_TENANT) -> None:
         """Queue one request. Raises ValueError (naming the field) if it cannot run; nothing is queued then.
 
         With `icl`, input_ids is its unrefined assembly; PAIR may rewrite it when the request is admitted."""
-        self.enqueue(self.make_request(rid, input_ids, sampling, icl, logprob, priority))
+        self.enqueue(self.make_request(rid, input_ids, sampling, icl, logprob, priority, tenant))
 
     def make_request(self, rid: str, input_ids: list[int], sampling: SamplingParams,
                      icl: IclPrompt | None = None, logprob: LogprobOptions | None = None,
-                     priority: int | None = None) -> Req:
+                     priority: int | None = None, tenant: str = ANONYMOUS_TENANT) -> Req:
         """A validated Req, not yet queued (ValueError naming the field if it can never run). Touches no queue
         state, so a caller may build requests while another thread runs a step. A constrained request starts
-        compiling its grammar here (on the grammar thread)."""
+        compiling its grammar here (on the grammar thread). `tenant` scopes the request's PAIR examples (and,
+        with isolate_prefix_cache, its radix prefixes) to that tenant."""
+        if not isinstance(tenant, str) or not tenant:
+            raise ValueError("tenant: must be a non-empty string")
         sampling.validate()
         if logprob is not None:
             logprob.check_prompt(len(input_ids))
@@ -79,7 +84,7 @@ class EngineLoop:
                                  "(start it with --enable-priority-scheduling)")
         seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(63)
         req = Req(rid=rid, input_ids=list(input_ids), sampling=sampling, eos_token_ids=self.eos_token_ids,
-                  seed=seed, icl=icl, logprob=logprob, priority=priority or 0)
+                  seed=seed, icl=icl, logprob=logprob, priority=priority or 0, tenant=tenant)
         self.scheduler.check_new(req)
         if sampling.grammar_key is not None:
             req.grammar = self.grammar_backend().state_for(*sampling.grammar_key)
@@ -152,7 +157,7 @@ class EngineLoop:
         """Each example's template (PAIR's matching identity), or None when one is unknown: a substituted
         example comes from PAIR's registry, which may have dropped it since."""
         known = {ex.id: ex.output for ex in req.icl.examples} if req.icl is not None else {}
-        registry = self.scheduler.pair.registry
+        registry = self.scheduler.pair.scope(req.tenant).registry
         out = []
         for eid in example_ids:
             if eid not in known:

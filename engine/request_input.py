@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 
 from engine.logprob_options import LogprobOptions
-from engine.pair.render import IclPrompt, SegmentEncoder, render_icl, validate_icl
+from engine.pair.render import IclPrompt, SegmentEncoder, check_text, render_icl, validate_icl
 from engine.sampling_params import SamplingParams
 
 # SGLang's per-request fields besides sampling_params that normalize_inputs takes (each a value or one per prompt)
@@ -63,6 +63,8 @@ def normalize_inputs(tokenizer, prompt, input_ids, sampling_params, context_len:
             raise ValueError("prompt: empty list")
         if any(p == "" for p in prompts):
             raise ValueError("prompt: empty prompt")
+        for p in prompts:
+            check_text(p, "prompt")
         ids_list = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     else:
         single = bool(input_ids) and all(isinstance(t, int) for t in input_ids)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
+MAX_SEED = 1 << 63
+MAX_TOKEN_ID = 1 << 31  # ints past these bounds cannot travel in the server's msgpack messages (it was a 500)
 # Below this a temperature would overflow logits / temperature in fp32; such requests decode greedily.
 GREEDY_TEMPERATURE = 1e-5
 
@@ -154,14 +156,16 @@ class SamplingParams:
             raise _err("temperature", "must be a finite number >= 0", self.temperature)
         if not 0.0 < self.top_p <= 1.0:
             raise _err("top_p", "must be in (0, 1]", self.top_p)
-        if self.top_k == 0 or self.top_k < -1:
+        if self.top_k == 0 or self.top_k < -1 or self.top_k >= MAX_TOKEN_ID:
             raise _err("top_k", "must be -1 (off) or >= 1", self.top_k)
         if not 0.0 <= self.min_p <= 1.0:
             raise _err("min_p", "must be in [0, 1]", self.min_p)
         if any(s == "" for s in self.stop):
             raise _err("stop", "stop strings must be non-empty", self.stop)
-        if any(t < 0 for t in self.stop_token_ids):
-            raise _err("stop_token_ids", "token ids must be >= 0", self.stop_token_ids)
+        if self.seed is not None and not 0 <= self.seed < MAX_SEED:
+            raise _err("seed", "must be in [0, 2**63)", self.seed)  # a 64-bit seed travels as msgpack and torch
+        if any(not 0 <= t < MAX_TOKEN_ID for t in self.stop_token_ids):
+            raise _err("stop_token_ids", "token ids must be in [0, 2**31)", self.stop_token_ids)
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise _err("min_new_tokens", "must be in [0, max_new_tokens]", self.min_new_tokens)
         for name in ("frequency_penalty", "presence_penalty"):
@@ -170,8 +174,8 @@ class SamplingParams:
         if not 0.0 < self.repetition_penalty <= 2.0:
             raise _err("repetition_penalty", "must be in (0, 2]", self.repetition_penalty)
         for tok, bias in self.logit_bias:
-            if tok < 0:
-                raise _err("logit_bias", "token ids must be >= 0", tok)
+            if not 0 <= tok < MAX_TOKEN_ID:
+                raise _err("logit_bias", "token ids must be in [0, 2**31)", tok)
             if not -100.0 <= bias <= 100.0:
                 raise _err("logit_bias", "biases must be in [-100, 100]", bias)
         constraints = [n for n in ("json_schema", "regex", "ebnf") if getattr(self, n) is not None]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import sys
 import time
 from array import array
@@ -83,6 +84,14 @@ def template_hash(template: str, salt: bytes = b"") -> str:
     return hashlib.blake2b(salt + template.encode(), digest_size=8).hexdigest()
 
 
+def keyed_example_id(example_id: str, salt: bytes = b"") -> str:
+    """The example id a trace stores: as given without a salt, else 16 hex digits keyed by the salt (equal ids
+    stay equal within one trace, and cannot be matched against ids computed from guessed examples)."""
+    if not salt:
+        return example_id
+    return hashlib.blake2b(salt + b"example:" + example_id.encode(), digest_size=8).hexdigest()
+
+
 def trace_header(block_size: int | None, meta: dict | None = None) -> str:
     """The header line (with newline) that starts a trace file."""
     header = {"trace": TRACE_NAME, "version": TRACE_VERSION, "block_size": block_size, "meta": meta or {}}
@@ -110,8 +119,8 @@ def record_request(fh: IO[str], *, timestamp: float, token_ids: Sequence[int], o
                  "hash_ids": block_hashes(token_ids, block_size, salt)}
     if segments is not None:
         out["segments"] = [int(s) for s in segments]
-    if example_ids is not None:
-        out["example_ids"] = [str(e) for e in example_ids]
+    if example_ids is not None:  # an example id is a plain hash of its text: keyed too when there is a salt
+        out["example_ids"] = [keyed_example_id(str(e), salt) for e in example_ids]
     if example_templates is not None:
         out["example_templates"] = [template_hash(t, salt) for t in example_templates]
     for name, value in (("session_id", session_id), ("app_id", app_id)):
@@ -141,6 +150,11 @@ class TraceRecorder:
         self._fh.write(trace_header(block_size, {"source": "live", "start_unix": time.time(), **(meta or {})}))
         self._fh.flush()
         self.start = clock()
+
+    @property
+    def salt(self) -> bytes:
+        """The key of this trace's hashes (never written to the trace)."""
+        return self._salt
 
     @property
     def closed(self) -> bool:
@@ -180,7 +194,10 @@ class TraceRecorder:
 
 
 def open_trace_recorder(args) -> TraceRecorder | None:
-    """The recorder a ServerArgs asks for (trace_file, trace_block_size), or None when trace_file is unset."""
+    """The recorder a ServerArgs asks for (trace_file, trace_block_size), or None when trace_file is unset.
+
+    Each trace gets its own random 16-byte salt, kept in memory only: its hashes compare within the trace (which
+    is all a cache replay needs) but cannot be matched against hashes of guessed prompts, nor across traces."""
     if args.trace_file is None:
         return None
-    return TraceRecorder(args.trace_file, args.trace_block_size)
+    return TraceRecorder(args.trace_file, args.trace_block_size, salt=secrets.token_bytes(16))

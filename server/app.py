@@ -1,19 +1,21 @@
-"""The FastAPI app: routes, API-key check, body-size limit, OpenAI-style errors.
+"""The FastAPI app: routes, key checks (server/auth.py: tenant, admin and probe routes), body-size limit,
+strict JSON bodies (server/body_checks.py), OpenAI-style errors.
 
-Routes: GET /health (no key needed; 503 once a child died or shutdown began), GET /v1/models (every served name,
-with max_model_len), POST /v1/completions, POST /v1/chat/completions, POST /generate (SGLang's native route:
-{text|input_ids|icl, sampling_params, stream, rid, ...} → {text, output_ids, meta_info}; every SGLang key is
-classified in server.api_fields), GET /metrics (unless --no-enable-metrics), POST /flush_cache (400 unless
-idle), POST /update_config (live knobs of engine.knobs, applied between scheduler steps), and SGLang's other
+Routes: GET /health (503 once a child died or shutdown began; behind a key unless --metrics-public),
+GET /openapi.json, GET /v1/models (every served name, with max_model_len), POST /v1/completions,
+POST /v1/chat/completions, POST /generate (SGLang's native route: {text|input_ids|icl, sampling_params, stream,
+rid, ...} → {text, output_ids, meta_info}; every SGLang key is classified in server.api_fields), GET /metrics
+(unless --no-enable-metrics; behind a key unless --metrics-public), POST /flush_cache (admin; 400 unless idle),
+POST /update_config (admin; live knobs of engine.knobs, applied between scheduler steps), and SGLang's other
 native routes (server.sglang_routes: /get_server_info, /get_model_info, /get_load, /health_generate, /tokenize,
-/detokenize, /abort_request, /version).
-Every error is `{"error": {"message", "type", "param", "code"}}`; no request error stops the server.
+/detokenize, /abort_request (admin), /version).
+Every error is `{"error": {"message", "type", "param", "code"}}`; no request error stops the server; a 500 says
+only its request id (the exception goes to the log). Each request's tenant comes from its key, never its body.
 """
 from __future__ import annotations
 
-import json
 import logging
-import secrets
+import uuid
 from typing import Any, AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
@@ -24,8 +26,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engine.logprob_options import LogprobAccumulator
 from engine.request_input import REQUEST_FIELDS
 from server.api_fields import GENERATE_FIELDS, sampling_from_sglang, screen
+from server.auth import KeyRing, RouteAuth, request_tenant
+from server.body_checks import parse_body
 from server.errors import APIError, from_value_error
 from server.logprob_format import logprob_token_ids, sglang_meta
+from server.openapi_doc import openapi_document
 from server.openai_api import SSE_DONE, OpenAIHandler, sse
 from server.request_group import RequestGroup
 from server.sglang_routes import add_sglang_routes
@@ -52,13 +57,7 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, 
             break
     if size > limit:
         raise APIError(413, f"request body is larger than {limit} bytes")
-    try:
-        obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise APIError(400, f"body: invalid JSON ({e})", code="invalid_json") from None
-    if not isinstance(obj, dict):
-        raise APIError(400, "body: must be a JSON object")
-    return obj
+    return parse_body(bytes(body))
 
 
 def generate_public_ids(body: dict) -> list[str] | None:
@@ -115,20 +114,14 @@ async def generate_stream(tm: TokenizerManager, group: RequestGroup, inp) -> Asy
 
 
 def build_app(tm: TokenizerManager, args, served_model_names: tuple[str, ...], pids: dict[str, int],
-              model_path: str = "", max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+              model_path: str = "", max_body_bytes: int = MAX_BODY_BYTES, keyring: KeyRing | None = None) -> FastAPI:
+    """`keyring` (server/auth.py) is built from args at startup; None builds it here (reads --api-key-file)."""
     app = FastAPI(title="pairserve", docs_url=None, redoc_url=None, openapi_url=None)
     openai = OpenAIHandler(tm, served_model_names)
-
-    def require_key(request: Request) -> None:
-        if args.api_key is None:
-            return
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), args.api_key.encode()):
-            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
-                           code="invalid_api_key")
-
-    auth = [Depends(require_key)]
+    route_auth = RouteAuth(keyring if keyring is not None else KeyRing.from_args(args))
+    auth = [Depends(route_auth.tenant)]  # any tenant key
+    admin = [Depends(route_auth.admin)]  # the admin key (server/auth.py)
+    probe = [Depends(route_auth.probe)]  # open with --metrics-public
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -144,14 +137,20 @@ def build_app(tm: TokenizerManager, args, served_model_names: tuple[str, ...], p
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        logger.exception("unhandled error in %s %s", request.method, request.url.path)
-        return APIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+        request_id = uuid.uuid4().hex
+        logger.exception("unhandled error in %s %s (request id %s)", request.method, request.url.path, request_id)
+        return APIError(500, f"internal server error (request id {request_id})", code="internal_error").response()
 
-    @app.get("/health")
+    @app.get("/health", dependencies=probe)
     async def health():
-        if tm.dead_reason is not None:
-            return APIError(tm.dead_status, tm.dead_reason).response()
+        refusal = tm.unavailable()  # a dead child, or draining for shutdown
+        if refusal is not None:
+            return refusal.response()
         return {"status": "ok"}
+
+    @app.get("/openapi.json", dependencies=auth)
+    async def openapi_json():
+        return openapi_document()
 
     @app.get("/v1/models", dependencies=auth)
     async def models():
@@ -195,7 +194,7 @@ def build_app(tm: TokenizerManager, args, served_model_names: tuple[str, ...], p
             if err.param == "prompt":
                 err.param = "text"
             raise err from None
-        group = tm.submit(inputs, public_ids)
+        group = tm.submit(inputs, public_ids, tenant=request_tenant(request))
         group.log_requests = not body.get("no_logs")
         if stream:
             return StreamingResponse(generate_stream(tm, group, inputs[0]), media_type="text/event-stream")
@@ -204,15 +203,15 @@ def build_app(tm: TokenizerManager, args, served_model_names: tuple[str, ...], p
         return out[0] if single else out
 
     if args.enable_metrics:
-        @app.get("/metrics", dependencies=auth)
+        @app.get("/metrics", dependencies=probe)
         async def metrics():
             data, content_type = tm.metrics.render()
             return Response(data, media_type=content_type)
 
-    add_sglang_routes(app, tm, served_model_names, model_path, pids, auth,
+    add_sglang_routes(app, tm, served_model_names, model_path, pids, auth, admin, probe,
                       lambda request: read_json(request, max_body_bytes))
 
-    @app.post("/update_config", dependencies=auth)
+    @app.post("/update_config", dependencies=admin)
     async def update_config(request: Request):
         """Live knobs (engine.knobs.LIVE_KNOBS) as a JSON object → every live knob's value afterwards."""
         body = await read_json(request, max_body_bytes)
@@ -221,7 +220,7 @@ def build_app(tm: TokenizerManager, args, served_model_names: tuple[str, ...], p
         except ValueError as e:
             raise from_value_error(e, openai_names=False) from None
 
-    @app.post("/flush_cache", dependencies=auth)
+    @app.post("/flush_cache", dependencies=admin)
     async def flush_cache():
         res = await tm.flush_cache()
         if not res.success:

@@ -7,9 +7,14 @@ Text content, or a list of text parts (joined); an assistant message may carry `
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
 from typing import Any
 
 from server.errors import APIError
+
+# OpenAI's roles → what chat templates know: "developer" is OpenAI's newer name for the system role.
+CHAT_ROLES = MappingProxyType({"system": "system", "user": "user", "assistant": "assistant", "tool": "tool",
+                               "developer": "system"})
 
 
 def _text(content: Any, i: int) -> str:
@@ -51,7 +56,10 @@ def chat_messages(body: dict) -> list[dict[str, Any]]:
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise APIError(400, f"messages[{i}]: must be an object with a string 'role'", param="messages")
-        msg: dict[str, Any] = {"role": m["role"]}
+        if m["role"] not in CHAT_ROLES:
+            raise APIError(400, f"messages[{i}].role: must be one of {sorted(CHAT_ROLES)} (got {m['role']!r})",
+                           param="messages")
+        msg: dict[str, Any] = {"role": CHAT_ROLES[m["role"]]}
         if m["role"] == "assistant" and m.get("tool_calls"):
             msg["content"] = "" if m.get("content") is None else _text(m["content"], i)
             msg["tool_calls"] = _tool_calls(m["tool_calls"], i)

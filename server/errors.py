@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 ERROR_TYPES = MappingProxyType({
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",

@@ -5,7 +5,8 @@ both did, so an accepted connection is always served. A child that reports `Chil
 within CHILD_READY_TIMEOUT_S ends the launch with exit status 1.
 Death: a watchdog checks the children every WATCHDOG_INTERVAL_S; when one is gone, every in-flight and new
 request gets 503, and after DEATH_GRACE_S the server stops and the process exits 1.
-Shutdown (SIGTERM / SIGINT): uvicorn stops accepting, in-flight requests are failed with 503 (streams get an
+Shutdown (SIGTERM / SIGINT): new requests and /health get 503 while in-flight requests finish, for up to
+--shutdown-drain-seconds; then uvicorn stops accepting, what is still in flight fails with 503 (streams get an
 error event), children are told to exit, then terminated / killed if they linger; exit status 0. Children also
 exit on their own when the main process disappears, so none is orphaned even after a SIGKILL.
 """
@@ -26,6 +27,7 @@ import uvicorn
 import uvloop
 
 from server.app import build_app
+from server.auth import KeyRing
 from server.cli import parse_server_args
 from server.detokenizer import run_detokenizer_process
 from server.ipc import IpcAddresses
@@ -76,20 +78,45 @@ class StartupInterrupted(Exception):
 
 
 class _Server(uvicorn.Server):
-    """uvicorn.Server that fails in-flight requests as soon as shutdown starts (not after they drain)."""
+    """uvicorn.Server that drains on SIGTERM / SIGINT: new requests (and /health) get 503 at once while in-flight
+    ones run to completion for up to `drain_s`; then uvicorn stops and whatever is left fails with 503. A second
+    signal skips the rest of the drain."""
 
-    def __init__(self, config: uvicorn.Config, tm: TokenizerManager, stop_requested, ready_line: str):
+    def __init__(self, config: uvicorn.Config, tm: TokenizerManager, stop_requested, drain_s: float,
+                 ready_line: str):
         super().__init__(config)
         self.tm = tm
         self.stop_requested = stop_requested
+        self.drain_s = drain_s
         self.ready_line = ready_line
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task | None = None
 
     async def startup(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
         if self.stop_requested():  # a signal that arrived before uvicorn installed its handlers
             self.should_exit = True
         elif self.started:
             logger.info("%s", self.ready_line)
+
+    def handle_exit(self, sig, frame) -> None:
+        if self._loop is None or self._drain_task is not None or self.drain_s <= 0:
+            super().handle_exit(sig, frame)
+            return
+        self._loop.call_soon_threadsafe(self._begin_drain)
+
+    def _begin_drain(self) -> None:
+        if self._drain_task is None:
+            self.tm.start_draining("the server is shutting down")
+            self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.drain_s
+        while self.tm.states and time.monotonic() < deadline and not self.should_exit:
+            await asyncio.sleep(0.05)
+        logger.info("drained (%d request(s) left); stopping", len(self.tm.states))
+        self.should_exit = True
 
     async def shutdown(self, sockets=None) -> None:
         self.tm.fail_all(503, "the server is shutting down")
@@ -97,8 +124,9 @@ class _Server(uvicorn.Server):
 
 
 class Launcher:
-    def __init__(self, args, model_path: str):
+    def __init__(self, args, model_path: str, keyring: KeyRing | None = None):
         self.args = args
+        self.keyring = keyring if keyring is not None else KeyRing.from_args(args)
         self.model_path = model_path
         self.served_model_names = args.served_model_name or (default_served_model_name(args.model_path),)
         self.addrs = IpcAddresses.create(args.port)
@@ -156,11 +184,12 @@ class Launcher:
         await self.tm.wait_ready(set(self.procs), self.check_alive, CHILD_READY_TIMEOUT_S)
         self.check_alive()
         pids = {name: p.pid for name, p in self.procs.items()}
-        app = build_app(self.tm, self.args, self.served_model_names, pids, model_path=self.model_path)
+        app = build_app(self.tm, self.args, self.served_model_names, pids, model_path=self.model_path,
+                        keyring=self.keyring)
         config = uvicorn.Config(app, host=self.args.host, port=self.args.port, loop="uvloop",
                                 log_level=self.args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                                 access_log=self.args.log_level == "debug")
-        server = _Server(config, self.tm, lambda: self.stop_signal is not None,
+        server = _Server(config, self.tm, lambda: self.stop_signal is not None, self.args.shutdown_drain_seconds,
                          ready_line(self.args.host, self.args.port, self.served_model_names[0], self.args.api_key))
         recv_task = asyncio.create_task(self.tm.recv_loop())
         watch_task = asyncio.create_task(self.watchdog(server, recv_task))
@@ -218,7 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:  # ValueError: a GGUF of an unsupported architecture or type
         print(f"python -m server: error: {e}", file=sys.stderr)
         return 2
+    try:
+        keyring = KeyRing.from_args(args)  # refuses an empty key, a bad key file, a key given twice
+    except ValueError as e:
+        print(f"python -m server: error: {e}", file=sys.stderr)
+        return 2
     if not port_available(args.host, args.port):
         print(f"python -m server: error: port: {args.host}:{args.port} is already in use", file=sys.stderr)
         return 1
-    return Launcher(args, model_path).run()
+    return Launcher(args, model_path, keyring).run()

@@ -32,6 +32,7 @@ class GenerateReq:
     icl: dict[str, Any] | None = None
     logprob: dict[str, Any] | None = None  # engine.logprob_options.LogprobOptions fields, when asked
     priority: int | None = None
+    tenant: str = "anonymous"  # from the API key (server/auth.py): scopes PAIR and, if isolated, the prefix cache
 
 
 @dataclass

@@ -27,8 +27,10 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from engine.pair.refiner import ANONYMOUS_TENANT
 from engine.pair.render import icl_from_messages
 from server.api_fields import CHAT_FIELDS, COMPLETION_FIELDS, screen
+from server.auth import request_tenant
 from server.chat_messages import chat_messages
 from server.errors import APIError, from_value_error
 from server.logprob_format import openai_chat, openai_completion
@@ -136,7 +138,7 @@ class OpenAIHandler:
 
     async def _prepare(self, body: dict, prompt_param: str, max_tokens: Any, default_max: int | None, n: int,
                        rid: str, prompt=None, input_ids=None, icl=None, extra_sampling=None,
-                       chat: bool = False) -> RequestGroup:
+                       chat: bool = False, tenant: str = ANONYMOUS_TENANT) -> RequestGroup:
         sampling = self._sampling(body, max_tokens)
         if extra_sampling and any(sampling.get(k) is not None for k in ("regex", "ebnf", "json_schema")):
             raise APIError(400, "tool_choice: a forced tool call is its own constraint; it cannot be combined with "
@@ -148,7 +150,7 @@ class OpenAIHandler:
             inputs = self._finalize(inputs, max_tokens is not None, default_max, n)
         except ValueError as e:
             raise from_value_error(e, openai_names=True, prompt_param=prompt_param) from None
-        return self.tm.submit(inputs, [rid] * len(inputs))
+        return self.tm.submit(inputs, [rid] * len(inputs), tenant=tenant)
 
     async def _logprobs(self, token_lps: list, top_lps: list, chat: bool, text_offset: int = 0) -> dict:
         """OpenAI's logprobs object for some output tokens ([logprob, id] pairs and their tops)."""
@@ -175,7 +177,8 @@ class OpenAIHandler:
         ids_like = isinstance(prompt, list) and bool(prompt) and (
             all(isinstance(t, int) for t in prompt) or all(isinstance(p, list) for p in prompt))
         group = await self._prepare(body, "prompt", self._max_tokens(body), COMPLETION_DEFAULT_MAX_TOKENS, n, rid,
-                                    prompt=None if ids_like else prompt, input_ids=prompt if ids_like else None)
+                                    prompt=None if ids_like else prompt, input_ids=prompt if ids_like else None,
+                                    tenant=request_tenant(request))
         meta = {"id": rid, "created": int(time.time()), "model": model}
         if stream:
             return StreamingResponse(self._stream(group, meta, n, include_usage, chat=False),
@@ -202,7 +205,8 @@ class OpenAIHandler:
         else:
             text, icl = await self._render_messages(body, tools)
         group = await self._prepare(body, "icl" if icl is not None else "messages", self._max_tokens(body), None,
-                                    n, rid, prompt=text, icl=icl, extra_sampling=extra_sampling, chat=True)
+                                    n, rid, prompt=text, icl=icl, extra_sampling=extra_sampling, chat=True,
+                                    tenant=request_tenant(request))
         meta = {"id": rid, "created": int(time.time()), "model": model}
         if stream:
             return StreamingResponse(self._stream(group, meta, n, include_usage, chat=True, tools=tools),

@@ -117,7 +117,8 @@ class SchedulerProcess:
             sampling = SamplingParams.from_dict(msg.sampling)
             icl = icl_from_wire(msg.icl)
             logprob = LogprobOptions(**msg.logprob) if msg.logprob is not None else None
-            self.loop.add(msg.rid, msg.input_ids, sampling, icl=icl, logprob=logprob, priority=msg.priority)
+            self.loop.add(msg.rid, msg.input_ids, sampling, icl=icl, logprob=logprob, priority=msg.priority,
+                          tenant=msg.tenant)
         except Exception as e:  # a bad request must not take the engine down
             status = 400 if isinstance(e, ValueError) else 500
             if status == 500:

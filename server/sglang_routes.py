@@ -56,7 +56,9 @@ def model_facts(model_path: str) -> dict[str, Any]:
 
 
 def add_sglang_routes(app: FastAPI, tm: TokenizerManager, names: tuple[str, ...], model_path: str,
-                      pids: dict[str, int], auth: list, read_json: Callable) -> None:
+                      pids: dict[str, int], auth: list, admin: list, probe: list, read_json: Callable) -> None:
+    """`auth`, `admin`, `probe`: the route dependencies of server/auth.py (any tenant key; the admin key; open
+    with --metrics-public, like /health)."""
     facts = model_facts(model_path)
     version = pairserve_version()
 
@@ -64,7 +66,7 @@ def add_sglang_routes(app: FastAPI, tm: TokenizerManager, names: tuple[str, ...]
         if tm.dead_reason is not None:
             raise APIError(tm.dead_status, tm.dead_reason)
 
-    @app.get("/health_generate")
+    @app.get("/health_generate", dependencies=probe)
     async def health_generate(request: Request):
         alive()
         inputs, _ = await tm.tokenize(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0,
@@ -89,7 +91,7 @@ def add_sglang_routes(app: FastAPI, tm: TokenizerManager, names: tuple[str, ...]
     async def server_info():
         alive()
         stats = await tm.get_stats()
-        public_args = {k: v for k, v in dataclasses.asdict(tm.args).items() if k != "api_key"}
+        public_args = {k: v for k, v in dataclasses.asdict(tm.args).items() if k not in ("api_key", "admin_api_key")}
         sglang_keys = {
             "model_path": model_path, "tokenizer_path": model_path, "served_model_name": names[0],
             "served_model_names": list(names), "version": version, "context_length": tm.context_len,
@@ -146,7 +148,7 @@ def add_sglang_routes(app: FastAPI, tm: TokenizerManager, names: tuple[str, ...]
         app.post(prefix + "/tokenize", dependencies=auth)(tokenize)
         app.post(prefix + "/detokenize", dependencies=auth)(detokenize)
 
-    @app.post("/abort_request", dependencies=auth)
+    @app.post("/abort_request", dependencies=admin)  # any request's rid, or all of them: not a tenant's call
     async def abort_request(request: Request):
         body = await read_json(request)
         rid, abort_all = body.get("rid"), body.get("abort_all", False)

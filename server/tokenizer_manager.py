@@ -20,6 +20,7 @@ from typing import Any, Callable
 import zmq
 import zmq.asyncio
 
+from engine.pair.refiner import ANONYMOUS_TENANT
 from server.errors import APIError
 from server.ipc import IpcAddresses, pull_socket, push_socket, send
 from server.messages import (AbortReq, BatchTextOut, ChildFailed, FlushCacheOut, FlushCacheReq, GenerateReq, Ready,
@@ -39,6 +40,15 @@ class _ReqState:
     arrival: float
     last_output: float | None = None
     first_output: float | None = None
+
+
+def client_error(status: int, message: str, rid: str) -> APIError:
+    """The error a client sees for an engine failure: a 4xx says why; a 5xx only carries the request id, and its
+    text (an exception's, which may quote internals) goes to the log."""
+    if status < 500:
+        return APIError(status, message)
+    logger.error("request %s failed with %d: %s", rid, status, message)
+    return APIError(status, f"internal server error (request id {rid})", code="internal_error")
 
 
 class TokenizerManager:
@@ -63,6 +73,7 @@ class TokenizerManager:
         self.seq = itertools.count(1)
         self.dead_reason: str | None = None
         self.dead_status = 503
+        self.draining_reason: str | None = None  # set by start_draining (SIGTERM): new requests get 503
         self.ready_info: dict[str, Ready] = {}
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
 
@@ -149,13 +160,29 @@ class TokenizerManager:
         except Exception as e:  # template errors are the client's messages not fitting the template
             raise ValueError(f"messages: the chat template rejected them ({e})") from None
 
-    def submit(self, inputs: list, public_ids: list[str] | None = None) -> RequestGroup:
-        """Queue validated RequestInputs (engine.request_input) as one group; 503 once the engine is gone.
+    def start_draining(self, reason: str) -> None:
+        """Shutdown began: refuse new requests and control calls with 503, let in-flight ones finish."""
+        if self.draining_reason is None:
+            self.draining_reason = reason
+
+    def unavailable(self) -> APIError | None:
+        """Why new work is refused (a child died, or the server is draining), or None while serving."""
+        if self.dead_reason is not None:
+            return APIError(self.dead_status, self.dead_reason)
+        if self.draining_reason is not None:
+            return APIError(503, self.draining_reason)
+        return None
+
+    def submit(self, inputs: list, public_ids: list[str] | None = None,
+               tenant: str = ANONYMOUS_TENANT) -> RequestGroup:
+        """Queue validated RequestInputs (engine.request_input) as one group for `tenant` (resolved from the API
+        key by server/auth.py, never from the body); 503 once the engine is gone or draining.
 
         `public_ids`: the id a client knows each request by (its `rid`, or the response id), for
         /abort_request and logs; default the engine rids."""
-        if self.dead_reason is not None:
-            raise APIError(self.dead_status, self.dead_reason)
+        refusal = self.unavailable()
+        if refusal is not None:
+            raise refusal
         group = RequestGroup(self.abort, [inp.rid for inp in inputs], public_ids)
         now = time.monotonic()
         for index, inp in enumerate(inputs):
@@ -163,7 +190,7 @@ class TokenizerManager:
             icl = dataclasses.asdict(inp.icl) if getattr(inp, "icl", None) is not None else None
             logprob = inp.logprob.to_dict() if getattr(inp, "logprob", None) is not None else None
             send(self.to_scheduler, GenerateReq(inp.rid, list(inp.input_ids), dataclasses.asdict(inp.sampling), icl,
-                                                logprob, getattr(inp, "priority", None)))
+                                                logprob, getattr(inp, "priority", None), tenant))
         return group
 
     def abort(self, rid: str) -> None:
@@ -263,7 +290,7 @@ class TokenizerManager:
                 # Aborts the server asked for never get here (their state is gone first): this one is an engine
                 # error or the engine giving up on the request; make sure the scheduler has let it go.
                 send(self.to_scheduler, AbortReq(out.rid))
-                error = APIError(status or 500, reason.get("message") or "request aborted by the engine")
+                error = client_error(status or 500, reason.get("message") or "request aborted by the engine", out.rid)
             else:
                 self.metrics.observe_finished(now - st.arrival, out.prompt_tokens, reason.get("type", "stop"),
                                               out.cached_tokens)

@@ -13,7 +13,6 @@ from `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks in the ou
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from dataclasses import dataclass

@@ -72,7 +72,7 @@ def test_closed_loop_measures_each_config_after_applying_it(engine, workload):
         second = {**first, "max_running_requests": 4, "pair_policy": "table", "pair_table_capacity": 16}
         m2 = loop.measure(second, warmup=1, window=4)
         assert engine.loop.scheduler.args.pair_policy == "table"
-        assert engine.loop.scheduler.pair.table.capacity == 16
+        assert engine.loop.scheduler.pair.table_capacity == 16
     finally:
         loop.stop()
     for m, window in ((m1, 5), (m2, 4)):

@@ -203,7 +203,7 @@ def test_engine_records_live_traffic_as_a_replayable_hash_trace(tiny_model_dir, 
     from bench.cachesim.simulate import load_units, simulate
     from bench.cachesim.replay import CacheReplay
     from engine.pair.render import example_id
-    from engine.trace_recorder import template_hash
+    from engine.trace_recorder import keyed_example_id, template_hash
 
     path = str(tmp_path / "live.jsonl")
     eng = make_engine(tiny_model_dir, trace_file=path, trace_block_size=4)
@@ -230,7 +230,8 @@ def test_engine_records_live_traffic_as_a_replayable_hash_trace(tiny_model_dir, 
     t1, t2, t3 = trace.requests  # finish order, which is arrival order here
     assert 0.0 <= t1.timestamp <= t2.timestamp <= t3.timestamp
     for rec, prompt, res in ((t1, p1, r1), (t2, p2, r2)):
-        assert rec.token_ids is None and rec.hash_ids == block_hashes(prompt, 4)
+        assert rec.token_ids is None and rec.hash_ids == block_hashes(prompt, 4, salt=eng.recorder.salt)
+        assert rec.hash_ids != block_hashes(prompt, 4)  # salted per trace: a guessed prompt's hashes do not match
         assert (rec.input_length, rec.output_length) == (len(prompt), res["meta_info"]["completion_tokens"]) == (
             len(prompt), 3)
         assert rec.segments is None and rec.example_ids is None
@@ -239,8 +240,10 @@ def test_engine_records_live_traffic_as_a_replayable_hash_trace(tiny_model_dir, 
     assert t3.input_length == r3["meta_info"]["prompt_tokens"] and t3.output_length == 3
     order = r3["meta_info"]["icl_order"]
     ran = [examples[i] for i in order]
-    assert t3.example_ids == [example_id(e["input"], e["output"]) for e in ran]
-    assert t3.example_templates == [template_hash(e["output"]) for e in ran]
+    salt = eng.recorder.salt
+    assert len(salt) == 16 and salt.hex() not in text
+    assert t3.example_ids == [keyed_example_id(example_id(e["input"], e["output"]), salt) for e in ran]
+    assert t3.example_templates == [template_hash(e["output"], salt) for e in ran]
     assert len(t3.segments) == 3 and t3.segments[-1] < t3.input_length
 
     units = load_units(path, "pairserve", 4, "none")

@@ -61,6 +61,15 @@ class IclPrompt:
         return ids, tuple(boundaries), tuple(seg_ids)
 
 
+def check_text(text: str, name: str) -> None:
+    """ValueError naming `name` unless `text` is valid Unicode (a lone UTF-16 surrogate is not, and no tokenizer
+    can encode it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name}: not valid Unicode (a lone UTF-16 surrogate)") from None
+
+
 def validate_icl(icl: Any) -> dict:
     """Check an `icl` dict; ValueError names the bad field (e.g. 'icl.examples[2].output').
 
@@ -75,6 +84,7 @@ def validate_icl(icl: Any) -> dict:
             raise ValueError(f"icl.{key}: missing")
         if not isinstance(icl[key], str):
             raise ValueError(f"icl.{key}: must be a string")
+        check_text(icl[key], f"icl.{key}")
     if not icl["query"]:
         raise ValueError("icl.query: must not be empty")
     exs = icl.get("examples")
@@ -88,6 +98,7 @@ def validate_icl(icl: Any) -> dict:
         for key in ("input", "output"):
             if not isinstance(ex.get(key), str):
                 raise ValueError(f"icl.examples[{i}].{key}: must be a string")
+            check_text(ex[key], f"icl.examples[{i}].{key}")
     refine = icl.get("refine")
     if refine is not None and refine not in REFINE_POLICIES:
         raise ValueError(f"icl.refine: must be one of {REFINE_POLICIES}")

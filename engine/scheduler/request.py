@@ -64,6 +64,7 @@ class Req:
     priority: int = 0  # higher first, with enable_priority_scheduling (policy.py)
     # engine.grammar.GrammarState for a constrained request: admitted once `ready`, finished once `terminated`
     grammar: Any = None
+    tenant: str = "anonymous"  # whose PAIR state (and, with isolate_prefix_cache, whose radix namespace) it uses
     arrival_time: float = field(default_factory=time.monotonic)
     # generation state
     output_ids: list[int] = field(default_factory=list)

@@ -19,7 +19,7 @@ from engine.scheduler.batch import RowLogprobs, ScheduledBatch, StepOutput, appe
 from engine.scheduler.finish import check_finish, finish_output
 from engine.scheduler.kv_manager import KVManager
 from engine.scheduler.policy import order_waiting, shares_uncached_prefix
-from engine.pair.refiner import PairRefiner
+from engine.pair.refiner import PairRefiner, audit_hash
 from engine.scheduler.request import FinishKind, FinishReason, Req, ReqStatus, Segments
 
 CLIP_NEW_TOKENS = 4096  # reservation per request is capped: max_new_tokens is often a loose upper bound
@@ -44,7 +44,8 @@ class Scheduler:
         self.decode_fn = decode_fn
         self.clock = clock
         self.kv = KVManager(num_slots, args.page_size, args.max_running_requests + 1,
-                            not args.disable_radix_cache, args.radix_eviction_policy)
+                            not args.disable_radix_cache, args.radix_eviction_policy,
+                            isolate_tenants=args.isolate_prefix_cache)
         self.waiting: list[Req] = []
         self.running: list[Req] = []  # decoding requests, in admission order
         self.chunked: Req | None = None  # the one request mid-way through a chunked prefill
@@ -175,7 +176,7 @@ class Scheduler:
 
         def match(r: Req) -> tuple[int, object]:
             if id(r) not in matches:
-                slots, node = self.kv.match(r.fill_ids, limit=r.cache_limit)
+                slots, node = self.kv.match(r.fill_ids, limit=r.cache_limit, tenant=r.tenant)
                 matches[id(r)] = (len(slots), node)
             return matches[id(r)]
 
@@ -210,7 +211,7 @@ class Scheduler:
             alone = not picked and not self.running
             if extend + future > avail and not (alone and take <= avail):
                 break
-            if self.kv.tree is not None and shares_uncached_prefix(req.fill_ids, cached, [r for r, _ in picked]):
+            if self.kv.tree is not None and shares_uncached_prefix(req.fill_ids, cached, self._dedup_peers(req, picked)):
                 continue  # in-batch prefix dedup: wait one step for a peer admitted now to cache the shared part
             self.kv.admit(req)
             extend = req.seq_len - req.cached_len  # the probe may have gone stale (eviction, PAIR)
@@ -228,18 +229,27 @@ class Scheduler:
                 break
         return build_extend(picked) if picked else None
 
+    def _dedup_peers(self, req: Req, picked: list[tuple[Req, int]]) -> list[Req]:
+        """Peers admitted this step whose prompts `req` could later hit in the cache (its own tenant's only when
+        tenants' prefixes are isolated)."""
+        if self.kv.isolate_tenants:
+            return [r for r, _ in picked if r.tenant == req.tenant]
+        return [r for r, _ in picked]
+
     def _refine(self, req: Req) -> None:
-        """PAIR at admission time: reorder / substitute the request's examples against the live tree."""
-        res = self.pair.refine(self.kv.tree, req.icl, req.rid, self.args.pair_policy)
+        """PAIR at admission time: reorder / substitute the request's examples against the live tree, within the
+        request's tenant (engine/pair/refiner.py); meta_info gets icl_order, icl_substituted, icl_examples."""
+        res = self.pair.refine(self.kv.tree_view(req.tenant), req.icl, req.rid, self.args.pair_policy, req.tenant)
         ids, boundaries, seg_ids = req.icl.assemble(res.examples)
         if len(ids) >= self.context_len or len(ids) + 1 > self.kv.capacity:
             # Substituted examples made it too long: keep the request's own examples, in the refined order.
             ids, boundaries, seg_ids = req.icl.assemble([req.icl.examples[i] for i in res.order])
-            res = type(res)(res.examples, res.order, 0)
+            res = type(res)([req.icl.examples[i] for i in res.order], res.order, 0)
         req.input_ids = ids
         req.segments = Segments(boundaries, seg_ids)
         req.extra["icl_order"] = list(res.order)
         req.extra["icl_substituted"] = res.substituted
+        req.extra["icl_examples"] = [audit_hash(ex) for ex in res.examples]
 
     def _account_admission(self, req: Req) -> None:
         if req.reported_cached_len is None:

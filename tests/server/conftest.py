@@ -3,7 +3,8 @@
 Fixtures:
 - `server`: one shared server for the session, with API key `API_KEY`; its teardown sends SIGTERM and checks
   the graceful exit (status 0, scheduler and detokenizer gone).
-- `start_server(*flags, api_key=None)`: a private server for tests that kill or stop it; stopped at teardown.
+- `start_server(*flags, api_key=None, bearer=None)`: a private server for tests that kill or stop it; stopped at
+  teardown (`bearer`: a key the handle sends without passing --api-key, e.g. one from --api-key-file).
 Helpers reach tests as methods of the returned `ServerHandle` (this file is not importable by module name).
 Every wait is bounded, so a broken server fails a test instead of hanging the session.
 """
@@ -78,7 +79,7 @@ class ServerHandle:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode} during startup:\n{self.log()}")
             try:
-                return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
+                return httpx.get(f"{self.url}/health", headers=self.headers, timeout=2.0).status_code == 200
             except httpx.TransportError:
                 return False
 
@@ -123,7 +124,9 @@ class ServerHandle:
         _wait(lambda: all(self.pid_gone(p) for p in pids), timeout_s, f"processes {list(pids)} to exit")
 
 
-def _launch(model_dir: str, log_dir: Path, flags: tuple[str, ...], api_key: str | None) -> ServerHandle:
+def _launch(model_dir: str, log_dir: Path, flags: tuple[str, ...], api_key: str | None,
+            bearer: str | None = None) -> ServerHandle:
+    """`api_key` is passed as --api-key and sent by the handle; `bearer` is only sent (keys from a key file)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "server", "--model", model_dir, "--port", str(port),
            "--kv-cache-tokens", str(KV_CACHE_TOKENS), "--log-level", "warning", *flags]
@@ -133,7 +136,7 @@ def _launch(model_dir: str, log_dir: Path, flags: tuple[str, ...], api_key: str 
     log_path = log_dir / f"server-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    handle = ServerHandle(proc, port, api_key, log_path, os.path.basename(model_dir.rstrip("/")))
+    handle = ServerHandle(proc, port, api_key or bearer, log_path, os.path.basename(model_dir.rstrip("/")))
     try:
         handle.wait_ready()
     except BaseException:
@@ -156,8 +159,8 @@ def server(tiny_model_dir, tmp_path_factory):
 def start_server(tiny_model_dir, tmp_path):
     handles: list[ServerHandle] = []
 
-    def start(*flags: str, api_key: str | None = None) -> ServerHandle:
-        handles.append(_launch(tiny_model_dir, tmp_path, flags, api_key))
+    def start(*flags: str, api_key: str | None = None, bearer: str | None = None) -> ServerHandle:
+        handles.append(_launch(tiny_model_dir, tmp_path, flags, api_key, bearer))
         return handles[-1]
 
     yield start

@@ -64,6 +64,9 @@ CASES = [
     ("generate_no_prompt", GENERATE, {"sampling_params": {}}, 400, "text"),
     ("generate_token_out_of_vocab", GENERATE, {"input_ids": [10 ** 6]}, 400, "input_ids"),
     ("generate_stream_batch", GENERATE, {"text": ["a", "b"], "stream": True}, 400, "stream"),
+    # Unknown chat roles (issue #28); 'developer' is accepted (OpenAI's name for system).
+    ("chat_unknown_role", CHAT, _chat(messages=[{"role": "wizard", "content": "hi"}]), 400, "messages"),
+    ("chat_function_role", CHAT, _chat(messages=[{"role": "function", "content": "hi"}]), 400, "messages"),
 ]
 
 
@@ -100,6 +103,31 @@ def test_body_not_a_json_object(c, content):
     _assert_serving(c)
 
 
+# Raw bodies: a lone UTF-16 surrogate escape (was a 500 quoting the tokenizer's TypeError), NaN / Infinity.
+RAW_CASES = [
+    ("chat_lone_surrogate", CHAT, rb'{"messages":[{"role":"user","content":"a\ud800b"}],"max_tokens":2}', "messages"),
+    ("prompt_lone_surrogate", COMPLETIONS, rb'{"prompt":"\udfff","max_tokens":2}', "prompt"),
+    ("icl_lone_surrogate", GENERATE,
+     rb'{"icl":{"instruction":"x","query":"q\ud83d","examples":[{"input":"a","output":"b"}]}}', "icl"),
+    ("surrogate_in_key", COMPLETIONS, rb'{"prompt":"hi","\ud800":1}', None),
+    ("nan_temperature", COMPLETIONS, b'{"prompt":"hi","temperature":NaN}', None),
+    ("infinite_top_p", CHAT, b'{"messages":[{"role":"user","content":"hi"}],"top_p":-Infinity}', None),
+]
+
+
+@pytest.mark.parametrize("path,content,param", [c[1:] for c in RAW_CASES], ids=[c[0] for c in RAW_CASES])
+def test_raw_body_refused_with_400(c, path, content, param):
+    err = _assert_error(c.post(path, content=content, headers={"content-type": "application/json"}), 400, param)
+    assert "Error" not in err["message"]  # no exception text
+    _assert_serving(c)
+
+
+def test_developer_role_is_served_as_system(c):
+    r = c.post(CHAT, json=_chat(messages=[{"role": "developer", "content": "be brief"},
+                                          {"role": "user", "content": "hi"}]))
+    assert r.status_code == 200, r.text
+
+
 def test_body_over_limit_is_413(c):
     big = b'{"prompt": "' + b"a" * (9 * 1024 * 1024) + b'"}'
     _assert_error(c.post(COMPLETIONS, content=big), 413)
@@ -111,9 +139,10 @@ def test_unknown_route_is_404_error_object(c):
     _assert_serving(c)
 
 
-def test_api_key_required_everywhere_but_health(server):
+def test_api_key_required_everywhere(server):
+    """Without --metrics-public even /health and /metrics need a key once one is set (server/auth.py)."""
     with httpx.Client(base_url=server.url, timeout=30.0) as anon:
-        assert anon.get("/health").status_code == 200
+        _assert_error(anon.get("/health"), 401)
         _assert_error(anon.get("/v1/models"), 401)
         _assert_error(anon.get("/metrics"), 401)
         _assert_error(anon.get("/get_server_info"), 401)

@@ -1,4 +1,5 @@
-"""Process lifecycle: CLI validation, a dying scheduler (503 + exit non-zero), SIGTERM with requests in flight."""
+"""Process lifecycle: CLI validation, a dying scheduler (503 + exit non-zero), SIGTERM with requests in flight
+(they finish within the drain, new ones get 503; past the drain they fail with 503)."""
 from __future__ import annotations
 
 import json
@@ -97,8 +98,8 @@ def test_scheduler_death_fails_requests_with_503_and_exits(start_server):
     client.close()
 
 
-def test_sigterm_aborts_in_flight_and_exits_cleanly(start_server):
-    srv = start_server()
+def test_sigterm_aborts_in_flight_past_the_drain_and_exits_cleanly(start_server):
+    srv = start_server("--shutdown-drain-seconds", "1")
     pids = srv.info()["pids"]
     frames: list[str] = []
     client, resp, reader = _open_stream(srv, frames)
@@ -125,3 +126,38 @@ def test_model_that_fails_to_load_exits_1_with_the_reason(tiny_model_dir, tmp_pa
     res = _run_cli("--model", str(broken), "--port", "1", "--log-level", "warning")
     assert res.returncode == 1
     assert "scheduler failed to start" in res.stderr
+
+
+def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones(start_server):
+    srv = start_server()
+    pids = srv.info()["pids"]
+    body = {"prompt": "count on", "max_tokens": 24, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    started, usages, errors = threading.Barrier(4), [], []
+
+    def run() -> None:
+        with srv.client() as c, c.stream("POST", "/v1/completions", json=body) as r:
+            lines = r.iter_lines()
+            next(line for line in lines if line.startswith("data: "))
+            started.wait(30)
+            for line in lines:
+                obj = json.loads(line[6:]) if line.startswith("data: {") else {}
+                if obj.get("usage"):
+                    usages.append(obj["usage"]["completion_tokens"])
+                if "error" in obj:
+                    errors.append(obj["error"])
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    started.wait(60)  # all three are streaming
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    late = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "late", "max_tokens": 2}, timeout=10)
+    assert late.status_code == 503 and late.json()["error"]["code"] == 503
+    assert httpx.get(f"{srv.url}/health", timeout=10).status_code == 503
+    for t in threads:
+        t.join(60)
+    assert not errors and usages == [24, 24, 24]
+    assert srv.wait_exit(20) == 0
+    srv.wait_pids_gone([pids["scheduler"], pids["detokenizer"]])

@@ -162,7 +162,8 @@ def test_trace_file_records_what_the_scheduler_process_finishes(tiny_model_dir, 
     trace = read_trace(path)
     [rec] = trace.requests
     assert trace.block_size == 8 and rec.output_length == 2
-    assert rec.hash_ids == block_hashes(_req("done", 20).input_ids, 8)
+    assert rec.hash_ids == block_hashes(_req("done", 20).input_ids, 8, salt=proc.recorder.salt)
+    assert proc.recorder.salt and rec.hash_ids != block_hashes(_req("done", 20).input_ids, 8)
 
 
 class _ExplodingTokenizer:

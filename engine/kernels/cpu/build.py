@@ -23,6 +23,21 @@ class KernelBuildError(RuntimeError):
     """The C compiler is missing or failed; the message carries its output."""
 
 
+class KernelError(RuntimeError):
+    """A compiled kernel returned a failure code its wrapper does not map to a more specific error (the
+    wrapper's checks should have made it impossible). Raised explicitly, never asserted: `python -O` keeps it."""
+
+    def __init__(self, kernel: str, code: int):
+        super().__init__(f"{kernel}: the compiled kernel failed with return code {code}")
+        self.kernel, self.code = kernel, code
+
+
+def check_kernel_rc(kernel: str, code: int) -> None:
+    """KernelError(kernel, code) unless the kernel returned 0."""
+    if code != 0:
+        raise KernelError(kernel, code)
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "pairserve" / "kernels"

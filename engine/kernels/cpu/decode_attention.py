@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from engine.attention.prefix_tree import Segment
-from engine.kernels.cpu.build import build_library
+from engine.kernels.cpu.build import build_library, check_kernel_rc
 from engine.kernels.checks import check_shape, check_tensor
 
 SOURCE = Path(__file__).parent / "csrc" / "decode_attention.c"
@@ -154,7 +154,7 @@ class CpuDecodeKernel:
                       req_to_token.stride(0), req_pool_indices.data_ptr(), seq_lens.data_ptr(), out.data_ptr(),
                       batch, num_heads, num_kv_heads, head_dim, float(sm_scale), int(q.dtype == torch.bfloat16),
                       torch.get_num_threads())  # torch's intra-op setting (--num-threads) holds for the kernel too
-        assert rc == 0, "decode_attention rejected shapes that passed the wrapper's checks"
+        check_kernel_rc("decode_attention", rc)
         return out
 
     def _call_cascade(self, q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, sm_scale, out,
@@ -181,7 +181,7 @@ class CpuDecodeKernel:
                              "with the same slots as its group's first member, in a table row of the batch")
         if rc == -2:
             raise MemoryError("decode_attention_cascade: out of memory for its partial states")
-        assert rc == 0, "decode_attention_cascade rejected shapes that passed the wrapper's checks"
+        check_kernel_rc("decode_attention_cascade", rc)
         return out
 
     def extend(self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, req_to_token: torch.Tensor,
@@ -221,5 +221,5 @@ class CpuDecodeKernel:
                              batch, num_heads, k_buf.shape[1], head_dim, float(sm_scale), torch.get_num_threads())
         if rc == -2:
             raise MemoryError("extend_attention_cascade: out of memory")
-        assert rc == 0, "extend_attention_cascade rejected shapes that passed the wrapper's checks"
+        check_kernel_rc("extend_attention_cascade", rc)
         return out

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from engine.kernels.cpu.build import build_library
+from engine.kernels.cpu.build import build_library, check_kernel_rc
 from engine.kernels.checks import check_shape, check_tensor
 
 SOURCE = Path(__file__).parent / "csrc" / "rotary.c"
@@ -60,5 +60,5 @@ class CpuRotary:
         rc = self._fn(q.data_ptr(), q.stride(0), q.stride(1), num_heads, k.data_ptr(), k.stride(0), k.stride(1),
                       k.shape[1], positions.data_ptr(), cos_sin.data_ptr(), tokens, head_dim // 2,
                       int(q.dtype == torch.bfloat16), torch.get_num_threads())
-        assert rc == 0, "rotary rejected a head_dim that passed the wrapper's checks"
+        check_kernel_rc("rotary", rc)
         return q, k
