@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import gguf
 import numpy as np
@@ -22,6 +23,7 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import Req, Scheduler
 
 Q = gguf.GGMLQuantizationType
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TO_GGUF = {**{hf: g for g, hf in gguf_file._GLOBAL_TENSORS.items()},
             **{hf: g for g, hf in gguf_file._LAYER_TENSORS.items()}}
 
@@ -234,13 +236,58 @@ def test_tensor_type_without_dequantizer_is_refused(tiny_llama_dir, tmp_path):
         resolve_model_path(path)
 
 
-def test_server_exits_nonzero_naming_the_bad_gguf(tmp_path):
-    path = str(tmp_path / "gemma.gguf")
-    _unknown_arch_gguf(path)
+def _server_cmd(model: str) -> tuple[list[str], int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, "-m", "server", "--model", path, "--port", str(port)],
-                          capture_output=True, text=True, timeout=120)
+    return [sys.executable, "-m", "server", "--model", model, "--port", str(port), "--log-level", "warning",
+            "--kv-cache-tokens", "2048", "--dtype", "float32"], port
+
+
+def test_server_serves_a_gguf_like_its_checkpoint(tiny_model_dir, make_engine, tmp_path):
+    """The HTTP server's processes (tokenizer manager, scheduler, detokenizer) all read the file: a chat completion
+    from the F32 GGUF is the engine's greedy answer from the safetensors checkpoint it was written from."""
+    import httpx
+
+    path = str(tmp_path / "tiny.gguf")
+    write_gguf(tiny_model_dir, path, Q.F32)
+    messages = [{"role": "user", "content": "Parse this log message into a template, please."}]
+    eng = make_engine(tiny_model_dir)
+    prompt = eng.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ref = eng.generate(prompt, {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True})
+    cmd, port = _server_cmd(path)
+    log = tmp_path / "server.log"
+    with open(log, "wb") as f:  # a file, not a pipe: a chatty server never blocks on a full pipe
+        proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=f, stderr=f)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text(errors="replace")
+            try:
+                if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.2)
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=60.0, json={
+            "model": "tiny.gguf", "messages": messages, "max_tokens": 12, "temperature": 0, "ignore_eos": True})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "tiny.gguf"
+        assert body["usage"]["prompt_tokens"] == len(eng.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert body["choices"][0]["message"]["content"] == ref["text"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_server_exits_nonzero_naming_the_bad_gguf(tmp_path):
+    path = str(tmp_path / "gemma.gguf")
+    _unknown_arch_gguf(path)
+    cmd, _ = _server_cmd(path)
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode != 0
     assert "architecture 'gemma2'" in proc.stderr and "Traceback" not in proc.stderr
