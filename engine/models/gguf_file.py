@@ -25,8 +25,6 @@ import torch
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 # llama.cpp's converter interleaves the rotary halves of the Q/K rows for these only (qwen runs neox rope as is).
 _ROPE_PERMUTED = ("llama",)
-_DEQUANTIZABLE = frozenset({gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16}
-                           | set(gguf.quants._type_traits))  # the gguf package's dequantizers
 
 # GGUF per-layer tensor suffix -> HF parameter suffix (llama, qwen2's q/k/v biases, qwen3's q/k norms).
 _LAYER_TENSORS = {
@@ -109,13 +107,26 @@ def check_gguf(path: str, reader: gguf.GGUFReader | None = None) -> gguf.GGUFRea
     the model, or a tensor type the `gguf` package cannot dequantize. Reads the header only; returns the reader."""
     reader = reader or open_gguf(path)
     architecture(reader, path)
+    if not any(t.name == "token_embd.weight" for t in reader.tensors):
+        raise ValueError(f"gguf: {path} has no tensor 'token_embd.weight'")
+    dequantizable = {t: _can_dequantize(t) for t in {tensor.tensor_type for tensor in reader.tensors}}
     for tensor in reader.tensors:
-        if tensor.tensor_type not in _DEQUANTIZABLE:
+        if not dequantizable[tensor.tensor_type]:
             raise ValueError(f"gguf: tensor {tensor.name!r} of {path} has type {tensor.tensor_type.name}, which the "
                              "gguf reader cannot dequantize")
         if tensor.name != ROPE_FREQS:
             hf_tensor_name(tensor.name)
     return reader
+
+
+def _can_dequantize(qtype: gguf.GGMLQuantizationType) -> bool:
+    """Whether the installed `gguf` package dequantizes `qtype` (asked of one zero block, not of a fixed list)."""
+    type_size = gguf.GGML_QUANT_SIZES[qtype][1]
+    try:
+        gguf.quants.dequantize(np.zeros((1, type_size), dtype=np.uint8), qtype)
+    except NotImplementedError:
+        return False
+    return True
 
 
 def _float32_literal(x: float) -> float:
