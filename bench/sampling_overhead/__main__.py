@@ -5,8 +5,9 @@
 
 For each variant, `batch` requests (one chat prompt each, greedy, ignore_eos) are admitted into one engine loop
 (EngineLoop, in this thread); once all of them decode together, `steps` decode steps are timed, each whole
-(schedule → forward → logprobs, logit processing and sampling → results) and its model forward alone, so
-"sampling" = step - forward is everything this issue added around the model plus the plain sampler. Variants:
+(schedule → forward → logprobs, logit processing and sampling → results), its model forward alone, and its
+logit processing alone (bias, penalties, grammar masks). "rest" = step - forward is everything around the model
+(scheduling, logprobs, processing, sampling). Variants:
 - plain: nothing asked (also what a step with no constrained request pays: the ratio of its sampling time to
   the forward is printed);
 - logprobs: return_logprob with top_logprobs_num 5 (prompt logprobs off);
@@ -47,11 +48,13 @@ def variant_request(variant: str, max_new_tokens: int) -> tuple[SamplingParams, 
 
 
 class ForwardTimer:
-    """Times the runner's model forward inside each step."""
+    """Times the runner's model forward inside each step, and its logit processing (bias, penalties, grammar
+    masks: what a step without any of them skips)."""
 
     def __init__(self, runner) -> None:
         self.last = 0.0
-        real = runner.forward
+        self.processing = 0.0
+        real, real_apply = runner.forward, runner.logit_processor.apply
 
         def timed(batch):
             t0 = time.perf_counter()
@@ -59,11 +62,17 @@ class ForwardTimer:
             self.last = time.perf_counter() - t0
             return out
 
+        def timed_apply(*a):
+            t0 = time.perf_counter()
+            real_apply(*a)
+            self.processing = time.perf_counter() - t0
+
         runner.forward = timed
+        runner.logit_processor.apply = timed_apply
 
 
 def run_variant(loop: EngineLoop, timer: ForwardTimer, prompts: list[list[int]], variant: str,
-                steps: int, tag: str) -> tuple[list[float], list[float]]:
+                steps: int, tag: str) -> tuple[list[float], list[float], list[float]]:
     sp, logprob = variant_request(variant, max_new_tokens=steps + 64)
     rids = [f"{tag}-{i}" for i in range(len(prompts))]
     for rid, ids in zip(rids, prompts):
@@ -71,19 +80,20 @@ def run_variant(loop: EngineLoop, timer: ForwardTimer, prompts: list[list[int]],
     sch = loop.scheduler
     while sch.waiting or sch.chunked is not None:  # prefill (and grammar compilation) until all decode together
         loop.step()
-    totals, forwards = [], []
+    totals, forwards, processing = [], [], []
     for _ in range(steps):
         assert len(sch.running) == len(prompts) and not sch.waiting, "a request left the batch"
         t0 = time.perf_counter()
         loop.step()
         totals.append(time.perf_counter() - t0)
         forwards.append(timer.last)
+        processing.append(timer.processing)
     for rid in rids:
         loop.abort(rid)
     while loop.has_work():
         loop.step()
     loop.flush_cache()
-    return totals, forwards
+    return totals, forwards, processing
 
 
 def main() -> None:
@@ -110,22 +120,24 @@ def main() -> None:
                                                  tokenize=False)
         prompts.append(tokenizer.encode(text, add_special_tokens=False))
     run_variant(loop, timer, prompts, "all", 2, "warmup")  # compiles the grammar, warms every path
-    results: dict[str, tuple[list[float], list[float]]] = {v: ([], []) for v in variants}
+    results: dict[str, tuple[list[float], list[float], list[float]]] = {v: ([], [], []) for v in variants}
     for r in range(args.rounds):
         for v in variants:
-            totals, forwards = run_variant(loop, timer, prompts, v, args.steps, f"r{r}-{v}")
-            results[v][0].extend(totals)
-            results[v][1].extend(forwards)
+            for acc, new in zip(results[v], run_variant(loop, timer, prompts, v, args.steps, f"r{r}-{v}")):
+                acc.extend(new)
     base = statistics.median(results["plain"][0])
     print(f"model {args.model}, batch {args.batch}, {args.steps} decode steps x {args.rounds} rounds per variant")
-    print(f"{'variant':<10} {'step ms':>8} {'forward ms':>10} {'rest ms':>8} {'step / plain':>12}")
+    print(f"{'variant':<10} {'step ms':>8} {'forward ms':>10} {'rest ms':>8} {'processing ms':>13} "
+          f"{'step / plain':>12}")
     out = {}
     for v in variants:
-        totals, forwards = results[v]
-        step, fwd = statistics.median(totals), statistics.median(forwards)
+        totals, forwards, processing = results[v]
+        step, fwd, proc = statistics.median(totals), statistics.median(forwards), statistics.median(processing)
         rest = statistics.median(t - f for t, f in zip(totals, forwards))
-        out[v] = {"step_ms": step * 1e3, "forward_ms": fwd * 1e3, "rest_ms": rest * 1e3, "ratio": step / base}
-        print(f"{v:<10} {step * 1e3:8.2f} {fwd * 1e3:10.2f} {rest * 1e3:8.2f} {step / base:12.3f}")
+        out[v] = {"step_ms": step * 1e3, "forward_ms": fwd * 1e3, "rest_ms": rest * 1e3,
+                  "processing_ms": proc * 1e3, "ratio": step / base}
+        print(f"{v:<10} {step * 1e3:8.2f} {fwd * 1e3:10.2f} {rest * 1e3:8.2f} {proc * 1e3:13.3f} "
+              f"{step / base:12.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
