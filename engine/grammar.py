@@ -137,14 +137,19 @@ class GrammarMasks:
     def __init__(self, max_rows: int, vocab_size: int):
         self.vocab_size = vocab_size
         self.bitmask = _xgr().allocate_token_bitmask(max_rows, vocab_size)
+        self._batch = None  # xgrammar.BatchGrammarMatcher, made on the first step with two constrained rows
 
     def apply(self, logits: torch.Tensor, rows: list[int], states: list[GrammarState]) -> None:
         """Set to -inf the logits (rows of `logits` [B, V]) each state's grammar forbids next; other rows untouched."""
         xgr = _xgr()
         if self.bitmask.shape[0] < logits.shape[0]:
             self.bitmask = xgr.allocate_token_bitmask(logits.shape[0], self.vocab_size)
-        for row, st in zip(rows, states):
-            st.matcher.fill_next_token_bitmask(self.bitmask, row)
+        if len(rows) == 1:
+            states[0].matcher.fill_next_token_bitmask(self.bitmask, rows[0])
+        else:  # xgrammar fills the rows on its own threads, as many as torch computes with
+            if self._batch is None:
+                self._batch = xgr.BatchGrammarMatcher(max_threads=max(torch.get_num_threads(), 1))
+            self._batch.batch_fill_next_token_bitmask([st.matcher for st in states], self.bitmask, rows)
         bitmask = self.bitmask[: logits.shape[0]]
         if bitmask.device != logits.device:
             bitmask = bitmask.to(logits.device, non_blocking=True)

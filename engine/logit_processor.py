@@ -50,8 +50,8 @@ class PenaltyCounts:
         dev = self.device
         if resets:
             reset = torch.tensor(resets, dtype=torch.int64, device=dev)
-            self.counts.index_fill_(0, reset, 0.0)
-            self.prompt_seen.index_fill_(0, reset, False)
+            self.counts[reset] = 0.0
+            self.prompt_seen[reset] = False
         if seen_rows:
             idx = (torch.tensor(seen_rows, device=dev), torch.tensor(seen_toks, device=dev))
             self.prompt_seen.index_put_(idx, torch.ones((), dtype=torch.bool, device=dev))
@@ -110,21 +110,22 @@ class LogitProcessor:
         dev = logits.device
         whole = len(batch_rows) == logits.shape[0]  # every row penalized: work on logits itself
         rows = None if whole else torch.tensor(batch_rows, dtype=torch.int64, device=dev)
-        x = logits if whole else logits.index_select(0, rows)  # [P, V]
-        counts = self.penalty_counts.counts.index_select(0, pool_rows)  # [P, V]
+        # (advanced indexing, not index_select: on a 2-core CPU with another process busy, index_select of
+        # [64, 49152] rows took 170-750 ms against 10-15 ms for this)
+        x = logits if whole else logits[rows]  # [P, V]; updated in place below (a copy unless whole)
+        counts = self.penalty_counts.counts[pool_rows]  # [P, V]
         present = counts > 0
         sps = [r.sampling for r in reqs]
         if any(sp.repetition_penalty != 1.0 for sp in sps):
             rep = torch.tensor([[sp.repetition_penalty] for sp in sps], dtype=x.dtype, device=dev)  # [P, 1]
-            seen = present | self.penalty_counts.prompt_seen.index_select(0, pool_rows)
-            x = torch.where(seen, torch.where(x > 0, x / rep, x * rep), x)
+            factor = torch.where(x > 0, rep.reciprocal(), rep)  # [P, V]
+            factor.masked_fill_(~(present | self.penalty_counts.prompt_seen[pool_rows]), 1.0)  # unseen: as is
+            x.mul_(factor)
         if any(sp.frequency_penalty != 0.0 for sp in sps):
             freq = torch.tensor([[sp.frequency_penalty] for sp in sps], dtype=x.dtype, device=dev)
-            x = x - counts * freq
+            x.addcmul_(counts, freq, value=-1.0)
         if any(sp.presence_penalty != 0.0 for sp in sps):
             pres = torch.tensor([[sp.presence_penalty] for sp in sps], dtype=x.dtype, device=dev)
-            x = x - present * pres
-        if whole:
-            logits.copy_(x)
-        else:
-            logits.index_copy_(0, rows, x)
+            x.addcmul_(present.to(x.dtype), pres, value=-1.0)
+        if not whole:
+            logits[rows] = x

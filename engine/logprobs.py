@@ -70,7 +70,7 @@ class StepLogprobs:
         self._out_logprobs = None
         if self.sampled:
             idx = torch.tensor([rows.last[i] for i in self.sampled], dtype=torch.int64, device=all_logits.device)
-            self._out_logprobs = torch.log_softmax(all_logits.index_select(0, idx), dim=-1)  # [S, V]
+            self._out_logprobs = torch.log_softmax(all_logits[idx], dim=-1)  # [S, V]
 
     def _input_rows(self, all_logits: torch.Tensor, wanting: list[int]) -> None:
         for i in wanting:

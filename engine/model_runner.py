@@ -109,8 +109,7 @@ class ModelRunner:
         all_logits = self.forward(batch)
         rows = self.logit_rows
         step_lp = StepLogprobs(batch, rows, all_logits) if any(r.logprob is not None for r in batch.reqs) else None
-        logits = all_logits if rows.index is None else all_logits.index_select(
-            0, self._tensor(rows.last))  # [B, V]
+        logits = all_logits if rows.index is None else all_logits[self._tensor(rows.last)]  # [B, V]
         self.logit_processor.apply(logits, batch.reqs, batch.sample)
         sb = SamplingBatch.build([r.sampling for r in batch.reqs], [len(r.output_ids) for r in batch.reqs],
                                  [r.seed for r in batch.reqs], device=self.device)

@@ -95,8 +95,10 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         return logits.argmax(dim=-1)
     rows = batch.sampled_rows
     if batch.any_greedy:
-        sampled_logits = logits.index_select(0, rows)  # [S, V]
-        temperatures, top_ks, top_ps, min_ps = (t.index_select(0, rows) for t in
+        # advanced indexing rather than index_select, which runs pathologically slowly on a busy 2-core CPU
+        # (engine/logit_processor.py has the numbers)
+        sampled_logits = logits[rows]  # [S, V]
+        temperatures, top_ks, top_ps, min_ps = (t[rows] for t in
                                                 (batch.temperatures, batch.top_ks, batch.top_ps, batch.min_ps))
     else:
         sampled_logits = logits

@@ -138,3 +138,17 @@ def test_penalties_and_bias_change_greedy_output(client, server):
     forced = client.completions.create(**{**base, "max_tokens": 3}, logit_bias={str(ids[0]): 100},
                                        extra_body={"ignore_eos": True, "min_tokens": 3})
     assert forced.usage.completion_tokens == 3
+
+
+def test_priority_with_priority_scheduling_on(start_server):
+    """--enable-priority-scheduling (generated from ServerArgs) lets both routes take `priority`."""
+    srv = start_server("--enable-priority-scheduling", "--priority-aging-seconds", "2")
+    assert srv.info()["server_args"]["enable_priority_scheduling"] is True
+    with srv.client() as c:
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                                                 "priority": 7})
+        assert r.status_code == 200, r.text
+        r = c.post("/generate", json={"text": ["a", "b"], "priority": [1, -1], "sampling_params": {"max_new_tokens": 2}})
+        assert r.status_code == 200 and len(r.json()) == 2
+        r = c.post("/generate", json={"text": "a", "priority": "high"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "priority"
