@@ -54,7 +54,9 @@ class BatchLogger:
         k = batch.num_extend
         if k:
             for req, prefix_len, extend_len in zip(batch.reqs[:k], batch.prefix_lens[:k], batch.extend_lens[:k]):
-                first_chunk = prefix_len == req.cached_len
+                # the first chunk starts where the cache match at admission ended (cached_len moves on with
+                # each chunk; reported_cached_len keeps the admission value)
+                first_chunk = prefix_len == (req.reported_cached_len or 0)
                 self.new_seqs += first_chunk
                 self.cached_tokens += prefix_len if first_chunk else 0
                 self.new_tokens += extend_len

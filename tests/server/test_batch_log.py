@@ -30,12 +30,12 @@ def _logger(caplog):
 def test_prefill_lines_sum_the_steps_between_them(caplog):
     clock = Clock()
     log = BatchLogger(lambda: KvState(3, 1, 250, 1000), _logger(caplog), interval_s=1.0, clock=clock)
-    a, b = SimpleNamespace(cached_len=16), SimpleNamespace(cached_len=0)
+    a, b = SimpleNamespace(reported_cached_len=16), SimpleNamespace(reported_cached_len=0)
     log.on_step(_batch(ForwardMode.EXTEND, [a, b], [16, 0], [40, 30], [True, False]))  # printed at once
     clock.t += 0.2
     log.on_step(_batch(ForwardMode.EXTEND, [b], [30], [20], [True]))  # b's second chunk: not a new seq
     clock.t += 0.2
-    c = SimpleNamespace(cached_len=8)
+    c = SimpleNamespace(reported_cached_len=8)
     log.on_step(_batch(ForwardMode.EXTEND, [c], [8], [10], [True]))
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["Prefill batch. #new-seq: 2, #new-token: 70, #cached-token: 16, token usage: 0.25, "
@@ -48,7 +48,7 @@ def test_prefill_lines_sum_the_steps_between_them(caplog):
 def test_decode_lines_report_throughput_over_the_interval(caplog):
     clock = Clock()
     log = BatchLogger(lambda: KvState(4, 0, 100, 1000), _logger(caplog), interval_s=1.0, clock=clock)
-    reqs = [SimpleNamespace(cached_len=0) for _ in range(4)]
+    reqs = [SimpleNamespace(reported_cached_len=0) for _ in range(4)]
     for _ in range(10):
         clock.t += 0.25
         log.on_step(_batch(ForwardMode.DECODE, reqs, [5] * 4, [1] * 4, [True] * 4))
@@ -65,6 +65,6 @@ def test_nothing_is_computed_when_info_is_off(caplog):
     caplog.set_level(logging.WARNING, logger="test.batch_log.quiet")
     called = []
     log = BatchLogger(lambda: called.append(1) or KvState(0, 0, 0, 1), logging.getLogger("test.batch_log.quiet"))
-    log.on_step(_batch(ForwardMode.EXTEND, [SimpleNamespace(cached_len=0)], [0], [5], [True]))
+    log.on_step(_batch(ForwardMode.EXTEND, [SimpleNamespace(reported_cached_len=0)], [0], [5], [True]))
     log.flush()
     assert not called and not caplog.records
