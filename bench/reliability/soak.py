@@ -20,6 +20,11 @@ ABORT_EVERY = 10  # request i is abandoned mid-stream when i % ABORT_EVERY == AB
 RSS_MARK = 500
 
 
+def rss_mark_at(requests: int) -> int:
+    """After how many completed requests RSS is first read: 500, or a quarter of a shorter run."""
+    return max(1, min(RSS_MARK, requests // 4))
+
+
 async def _one(client: httpx.AsyncClient, i: int, icl: dict, key: str, max_tokens: int, abandon: bool,
                timeout_s: float) -> str:
     """'ok', 'abandoned' or 'lost: <why>'."""
@@ -64,7 +69,7 @@ async def _soak(srv: ServerProc, n: int, concurrency: int, max_tokens: int, time
                 out = await _one(client, i, icls[i], keys[i % len(keys)], max_tokens,
                                  i % ABORT_EVERY == ABORT_EVERY - 1, timeout_s)
             outcomes.append(out)
-            if len(outcomes) == min(RSS_MARK, n):
+            if len(outcomes) == rss_mark_at(n):
                 rss_at_mark.update(srv.rss())
 
         start = time.perf_counter()
@@ -90,7 +95,7 @@ def run_soak(srv: ServerProc, requests: int = 2000, concurrency: int = 64, max_t
         "lost": len(lost), "lost_examples": lost[:3],
         "kv_capacity_tokens": capacity, "kv_free_tokens": free, "kv_cached_tokens": cached,
         "kv_locked_tokens": cached - evictable, "kv_free_or_cached": free + evictable == capacity,
-        "rss_mark_after_requests": min(RSS_MARK, requests), "rss_mb_at_mark": round(mark_total / 2 ** 20, 1),
+        "rss_mark_after_requests": rss_mark_at(requests), "rss_mb_at_mark": round(mark_total / 2 ** 20, 1),
         "rss_mb_at_end": round(end_total / 2 ** 20, 1),
         "rss_growth_mb": round((end_total - mark_total) / 2 ** 20, 1),
         "rss_mb_by_process_at_end": {k: round(v / 2 ** 20, 1) for k, v in rss_end.items()},
