@@ -18,6 +18,9 @@ EVICTION_POLICIES = ("lru", "lfu", "segment")  # the built-ins; more via registe
 ATTENTION_BACKENDS = ("auto", "cpu", "torch", "triton", "flashinfer")
 DTYPES = ("auto", "bfloat16", "float32", "float16")  # auto: engine.models.loader.resolve_dtype
 PAIR_POLICIES = ("none", "table", "native")
+QUANTIZATIONS = ("int8", "int4")  # weight-only, CPU kernels (engine/models/quant.py); None: none
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's CPU int4 kernel takes
+LOAD_FORMATS = ("auto", "safetensors", "dummy")  # auto: the checkpoint's safetensors; dummy: seeded random weights
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,12 @@ class ServerArgs:
     served_model_name: str | None = None
     dtype: str = "auto"  # bfloat16 where the hardware computes it natively, else float32
     device: str = "cpu"
-    seed: int = 0
+    seed: int = 0  # also seeds --load-format dummy weights
+    # weights: SGLang's flag names
+    load_format: str = "auto"
+    quantization: str | None = None  # int8 (per output channel) / int4 (group-wise, asymmetric), weight-only
+    quant_group_size: int = 128  # int4: input columns per scale and zero point
+    quantize_lm_head: bool = False  # also quantize the LM head (embeddings always stay in --dtype)
     # memory
     page_size: int = 1
     kv_cache_tokens: int | None = None  # None: size the pool by mem_fraction
@@ -69,6 +77,16 @@ class ServerArgs:
 
         if self.dtype not in DTYPES:
             bad("dtype", f"must be one of {DTYPES}")
+        if self.load_format not in LOAD_FORMATS:
+            bad("load_format", f"must be one of {LOAD_FORMATS}")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            bad("quantization", f"must be one of {QUANTIZATIONS} or None")
+        if self.quantization is not None and self.device != "cpu":
+            bad("quantization", f"has CPU kernels only; device {self.device!r} has none here")
+        if type(self.quant_group_size) is not int or self.quant_group_size not in INT4_GROUP_SIZES:
+            bad("quant_group_size", f"must be one of {INT4_GROUP_SIZES}")
+        if self.quantize_lm_head and self.quantization is None:
+            bad("quantize_lm_head", "needs --quantization int8 or int4")
         if self.page_size < 1:
             bad("page_size", "must be >= 1")
         if self.kv_cache_tokens is not None and self.kv_cache_tokens < self.page_size:

@@ -26,7 +26,9 @@ class ModelRunner:
         if args.device == "cpu":
             keep_freed_memory()
         self.dtype = resolve_dtype(args.dtype, args.device)  # "auto" → what this hardware computes natively
-        self.model, self.model_config = load_model(model_path, self.dtype, args.device)
+        self.model, self.model_config = load_model(
+            model_path, self.dtype, args.device, load_format=args.load_format, quantization=args.quantization,
+            quant_group_size=args.quant_group_size, quantize_lm_head=args.quantize_lm_head, seed=args.seed)
         cfg: ModelConfig = self.model_config
         self.context_len = min(args.context_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
         dtype = DTYPES[self.dtype]

@@ -194,11 +194,12 @@ class Launcher:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_server_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from engine.models.loader import resolve_model_path
+    from engine.models.loader import check_model_args, resolve_model_path
 
     try:
         model_path = resolve_model_path(args.model_path)
-    except FileNotFoundError as e:
+        check_model_args(model_path, args.quantization, args.quant_group_size, args.quantize_lm_head)
+    except (FileNotFoundError, ValueError) as e:
         print(f"python -m server: error: {e}", file=sys.stderr)
         return 2
     if not port_available(args.host, args.port):

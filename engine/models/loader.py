@@ -16,9 +16,11 @@ import os
 import torch
 from safetensors import safe_open
 
-from engine.config import ModelConfig
+from engine.config import LOAD_FORMATS, ModelConfig
 from engine.models.layers import cpu_bf16_native, prepack_linears
 from engine.models.llama import LlamaForCausalLM
+from engine.models.quant import check_quantizable
+from engine.models.quant_load import dummy_weights, layer_linears, materialize, quantize_linear, stream_quantized
 from engine.models.qwen2 import Qwen2ForCausalLM
 
 ARCHITECTURES = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM}
@@ -94,26 +96,69 @@ def iter_weights(path: str):
                 yield name, f.get_tensor(name)
 
 
-def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[LlamaForCausalLM, ModelConfig]:
+def load_model(path: str, dtype: str = "auto", device: str = "cpu", *, load_format: str = "auto",
+               quantization: str | None = None, quant_group_size: int = 128, quantize_lm_head: bool = False,
+               seed: int = 0, progress: bool = False) -> tuple[LlamaForCausalLM, ModelConfig]:
+    """Build the model of `path`'s config.json and fill it: from its safetensors (`load_format` auto /
+    safetensors) or with seeded random weights (`dummy`: the dir needs only config.json). With `quantization`
+    int8 / int4 every linear of the decoder layers (and the LM head with `quantize_lm_head`) is quantized as it
+    loads (engine/models/quant_load.py). `progress` shows a tqdm bar over the checkpoint's tensors."""
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format: must be one of {LOAD_FORMATS} (got {load_format!r})")
+    quantized = quantization is not None
+    if quantized and torch.device(device).type != "cpu":
+        raise ValueError(f"quantization: {quantization} has CPU kernels only (device {device!r})")
     cfg = ModelConfig.from_hf(path)
     torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     with torch.device("meta"):
         model = ARCHITECTURES[cfg.architecture](cfg)
-    # Materialise on the target device, then copy the checkpoint in (cast per tensor, not all at once).
-    model = model.to_empty(device=device)
+    if quantized:  # every shape checked before a byte is allocated
+        check_model_quantizable(model, quantization, quant_group_size, quantize_lm_head)
+    # Materialise straight in the serving dtype (each checkpoint tensor is cast as it is copied in); a quantized
+    # model's layer linears stay on meta until their layer loads.
+    model = model.to(torch_dtype)
+    materialize(model, device, keep_layer_linears_meta=quantized)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     for layer in model.layers:  # the rotary cache is a computed buffer, rebuilt after to_empty
         layer.self_attn.rotary = model.layers[0].self_attn.rotary
     rotary = model.layers[0].self_attn.rotary
     fresh = type(rotary)(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-    rotary.cos_sin = fresh.cos_sin.to(device)
-    model.load_weights(iter_weights(path))
-    model = model.to(torch_dtype)
-    rotary.cos_sin = rotary.cos_sin.float()  # keep rotary tables in fp32 whatever the weights' dtype
+    rotary.cos_sin = fresh.cos_sin.to(device)  # fp32 whatever the weights' dtype
+    weights = dummy_weights(model, seed, torch_dtype) if load_format == "dummy" else iter_weights(path)
+    if progress:
+        from tqdm import tqdm
+
+        weights = tqdm(weights, total=len(model.checkpoint_tensors()), desc="loading weights", unit="tensor")
+    if quantized:
+        weights = stream_quantized(model, weights, quantization, quant_group_size, device)
+    model.load_weights(weights)
+    if quantize_lm_head and quantized:  # a tied embedding keeps its dense table for the lookup
+        quantize_linear(model, "lm_head", quantization, quant_group_size, "lm_head")
     model.eval()
     prepack_linears(model)  # bf16 / fp32 on CPU only
     return model, cfg
+
+
+def check_model_quantizable(model: LlamaForCausalLM, quantization: str, group_size: int,
+                            quantize_lm_head: bool) -> None:
+    """Raise ValueError naming the first linear `quantization` cannot take (model built on meta is fine)."""
+    for i, layer in enumerate(model.layers):
+        for qualname, _, _, lin in layer_linears(layer):
+            check_quantizable(quantization, lin.out_features, lin.in_features, group_size, f"layers.{i}.{qualname}")
+    if quantize_lm_head:
+        check_quantizable(quantization, model.lm_head.out_features, model.lm_head.in_features, group_size, "lm_head")
+
+
+def check_model_args(path: str, quantization: str | None, quant_group_size: int, quantize_lm_head: bool) -> None:
+    """The checks of `load_model` that need the checkpoint's config.json, without loading anything (the server
+    runs them before it starts its processes)."""
+    if quantization is None:
+        return
+    cfg = ModelConfig.from_hf(path)
+    with torch.device("meta"):
+        model = ARCHITECTURES[cfg.architecture](cfg)
+    check_model_quantizable(model, quantization, quant_group_size, quantize_lm_head)
 
 
 def load_tokenizer(path: str):
