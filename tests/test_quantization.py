@@ -130,3 +130,17 @@ def test_cli_quantization_on_cuda_is_refused(tiny_model_dir):
     r = _server("--model", tiny_model_dir, "--quantization", "int8", "--device", "cuda")
     assert r.returncode == 2
     assert "quantization: has CPU kernels only" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_blockwise_quantization_equals_whole(method, monkeypatch):
+    """Quantizing in row blocks (to bound temporaries) stores exactly what quantizing the whole matrix would."""
+    from engine.models import quant
+
+    w = _weight(272, 256, 5)
+    monkeypatch.setattr(quant, "QUANT_BLOCK_ELEMENTS", 1 << 40)
+    whole = QuantizedLinear.from_dense(w, None, method, 64)
+    monkeypatch.setattr(quant, "QUANT_BLOCK_ELEMENTS", 16 * 256)  # 16-row blocks: 17 of them
+    blocks = QuantizedLinear.from_dense(w, None, method, 64)
+    assert [n for n, _ in whole.named_buffers()] == [n for n, _ in blocks.named_buffers()]
+    assert all(torch.equal(a, b) for a, b in zip(whole.buffers(), blocks.buffers()))

@@ -24,6 +24,7 @@ from torch import nn
 from engine.config import INT4_GROUP_SIZES
 from engine.config import QUANTIZATIONS as QUANT_METHODS
 KERNEL_DTYPE = torch.bfloat16  # activations and scales as the kernels see them
+QUANT_BLOCK_ELEMENTS = 1 << 22  # weights quantized per block of about this many (~16 MB of fp32 temporaries)
 
 
 def check_quantizable(method: str, out_features: int, in_features: int, group_size: int, name: str) -> None:
@@ -96,17 +97,26 @@ class QuantizedLinear(nn.Module):
         if weight.device.type != "cpu":
             raise ValueError(f"quantization: {method} runs on CPU only; {name} is on {weight.device}")
         layer = cls(in_features, out_features, method, group_size, bias)
+        # Row blocks keep the fp32 temporaries of quantizing small (a 14B MLP weight whole would need ~2 GB of
+        # them); both kernels' layouts are row-local (packing row blocks gives the packing of the whole).
+        rows = max(16, QUANT_BLOCK_ELEMENTS // in_features // 16 * 16)
         if method == "int8":
-            q, scale = quantize_int8(weight)
-            layer.register_buffer("qweight", q)  # [N, K] int8
-            layer.register_buffer("scales", scale.to(KERNEL_DTYPE))  # [N]
+            qs, scales = [], []
+            for block in weight.split(rows):
+                q, scale = quantize_int8(block)
+                qs.append(q)
+                scales.append(scale.to(KERNEL_DTYPE))
+            layer.register_buffer("qweight", torch.cat(qs))  # [N, K] int8
+            layer.register_buffer("scales", torch.cat(scales))  # [N]
         else:
-            q, scale, lo = quantize_int4(weight, group_size)
-            layer.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-            # [K/G, N, 2]: (scale, zero) with the kernel's zero = lo + 8 * scale (it subtracts 8 from q)
-            zeros = lo + 8.0 * scale
-            layer.register_buffer("scales_and_zeros",
-                                  torch.stack([scale.t(), zeros.t()], dim=-1).to(KERNEL_DTYPE).contiguous())
+            packed, sz = [], []
+            for block in weight.split(rows):
+                q, scale, lo = quantize_int4(block, group_size)
+                packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))  # [rows, K / 2] uint8
+                # (scale, zero) with the kernel's zero = lo + 8 * scale (it subtracts 8 from q)
+                sz.append(torch.stack([scale.t(), (lo + 8.0 * scale).t()], dim=-1).to(KERNEL_DTYPE))
+            layer.register_buffer("qweight", torch.cat(packed))
+            layer.register_buffer("scales_and_zeros", torch.cat(sz, dim=1).contiguous())  # [K/G, N, 2]
         return layer
 
     def weight_bytes(self) -> int:
