@@ -140,7 +140,7 @@ def test_blockwise_quantization_equals_whole(method, monkeypatch):
     w = _weight(272, 256, 5)
     monkeypatch.setattr(quant, "QUANT_BLOCK_ELEMENTS", 1 << 40)
     whole = QuantizedLinear.from_dense(w, None, method, 64)
-    monkeypatch.setattr(quant, "QUANT_BLOCK_ELEMENTS", 16 * 256)  # 16-row blocks: 17 of them
+    monkeypatch.setattr(quant, "QUANT_BLOCK_ELEMENTS", 64 * 256)  # 64-row blocks and a 16-row tail
     blocks = QuantizedLinear.from_dense(w, None, method, 64)
     assert [n for n, _ in whole.named_buffers()] == [n for n, _ in blocks.named_buffers()]
     assert all(torch.equal(a, b) for a, b in zip(whole.buffers(), blocks.buffers()))

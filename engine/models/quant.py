@@ -99,7 +99,7 @@ class QuantizedLinear(nn.Module):
         layer = cls(in_features, out_features, method, group_size, bias)
         # Row blocks keep the fp32 temporaries of quantizing small (a 14B MLP weight whole would need ~2 GB of
         # them); both kernels' layouts are row-local (packing row blocks gives the packing of the whole).
-        rows = max(16, QUANT_BLOCK_ELEMENTS // in_features // 16 * 16)
+        rows = max(64, QUANT_BLOCK_ELEMENTS // in_features // 64 * 64)  # int4 packs rows in 32s
         if method == "int8":
             qs, scales = [], []
             for block in weight.split(rows):
