@@ -103,6 +103,27 @@ def test_layers_are_quantized_as_they_stream(tiny_model_dir, monkeypatch):
     assert not any(p.device.type == "meta" for p in model.layers.parameters())  # (a prepacked lm_head keeps a meta one)
 
 
+def test_skipped_checkpoint_tensors_do_not_end_a_layer_early(tiny_model_dir):
+    """A per-layer rotary table (old Llama checkpoints) arriving first must not count toward its layer."""
+    from engine.models.loader import iter_weights
+
+    def with_rotary():
+        for name, t in iter_weights(tiny_model_dir):
+            if name.endswith("input_layernorm.weight"):  # each layer's first tensor in sorted order
+                yield name.replace("input_layernorm.weight", "self_attn.rotary_emb.inv_freq"), torch.ones(16)
+            yield name, t
+
+    cfg = ModelConfig.from_hf(tiny_model_dir)
+    with torch.device("meta"):
+        from engine.models.qwen2 import Qwen2ForCausalLM
+
+        model = Qwen2ForCausalLM(cfg)
+    quant_load.materialize(model, "cpu", keep_layer_linears_meta=True)
+    model.lm_head.weight = model.embed_tokens.weight  # tied, as load_model re-ties after materialising
+    model.load_weights(quant_load.stream_quantized(model, with_rotary(), "int8", 128, "cpu"))
+    assert all(isinstance(lyr.mlp.down_proj, QuantizedLinear) for lyr in model.layers)
+
+
 @pytest.fixture(scope="module")
 def config_only_dir(tmp_path_factory, tiny_model_dir) -> str:
     out = str(tmp_path_factory.mktemp("config-only"))

@@ -59,7 +59,8 @@ def stream_quantized(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor
             expected[i] += 1
     seen = [0] * len(model.layers)
     for name, tensor in weights:
-        i = layer_index(name)
+        # old Llama checkpoints carry per-layer rotary tables that load_weights skips: they count for nothing
+        i = None if "rotary_emb.inv_freq" in name else layer_index(name)
         if i is not None and 0 <= i < len(seen) and seen[i] == 0:
             for _, _, _, lin in layer_linears(model.layers[i]):
                 lin.to_empty(device=device)
