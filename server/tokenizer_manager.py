@@ -128,7 +128,7 @@ class TokenizerManager:
         """Queue validated RequestInputs (engine.request_input) as one group; 503 once the engine is gone."""
         if self.dead_reason is not None:
             raise APIError(self.dead_status, self.dead_reason)
-        group = RequestGroup(self, [inp.rid for inp in inputs])
+        group = RequestGroup(self.abort, [inp.rid for inp in inputs])
         now = time.monotonic()
         for index, inp in enumerate(inputs):
             self.states[inp.rid] = _ReqState(group, index, now)
