@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from bench.machine import matmul_flops, memory_bandwidth
+from bench.common.machine import matmul_flops, memory_bandwidth
 from bench.model_speed.measure import cached_prefix, decode_step_seconds, model_weight_bytes, prefill_step_seconds
 from bench.offline import flops_per_token
 from engine.config import ServerArgs

@@ -12,7 +12,7 @@ from engine.models.layers import BucketedLinear
 from engine.models.quant import QuantizedLinear
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Req, Scheduler
-from engine.scheduler.batch import ForwardMode
+from engine.forward_mode import ForwardMode
 
 FIRST_TOKEN, LAST_TOKEN = 10, 8000  # ids the real-size presets' BPE (8,192) knows; capped at the model's vocab
 
