@@ -20,7 +20,9 @@ DTYPES = ("auto", "bfloat16", "float32", "float16")  # auto: engine.models.loade
 PAIR_POLICIES = ("none", "table", "native")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # config.json model_type values engine/models serves
 GGUF_SUFFIX = ".gguf"  # a model_path naming such a file is loaded directly from it (engine/models/gguf_file.py)
-LOAD_FORMATS = ("auto", "safetensors")  # what engine.models.loader reads (a GGUF is converted first: --model demo)
+QUANTIZATIONS = ("int8", "int4")  # weight-only, CPU kernels (engine/models/quant.py); None: none
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's CPU int4 kernel takes
+LOAD_FORMATS = ("auto", "safetensors", "dummy")  # auto: the checkpoint's weights; dummy: seeded random weights
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # what both logging and uvicorn accept
 
 
@@ -33,12 +35,15 @@ class ServerArgs:
     # A str is taken as one name; the CLI takes several (`--served-model-name a b`).
     served_model_name: tuple[str, ...] | None = None
     chat_template: str | None = None  # path of a Jinja chat template file replacing the tokenizer's own
-    load_format: str = "auto"  # SGLang's --load-format: auto / safetensors (the only weight format read)
-    quantization: str | None = None  # SGLang's --quantization: no quantized kernels here, so only None
     trust_remote_code: bool = False  # accepted for SGLang's launch lines; no model code is ever executed
     dtype: str = "auto"  # bfloat16 where the hardware computes it natively, else float32
     device: str = "cpu"
-    seed: int = 0
+    seed: int = 0  # also seeds --load-format dummy weights
+    # weights: SGLang's flag names
+    load_format: str = "auto"  # SGLang's --load-format: auto / safetensors (the checkpoint's), dummy (seeded random)
+    quantization: str | None = None  # int8 (per output channel) / int4 (group-wise, asymmetric), weight-only
+    quant_group_size: int = 128  # int4: input columns per scale and zero point
+    quantize_lm_head: bool = False  # also quantize the LM head (embeddings always stay in --dtype)
     # memory
     page_size: int = 1
     kv_cache_tokens: int | None = None  # None: size the pool by mem_fraction
@@ -97,6 +102,16 @@ class ServerArgs:
 
         if self.dtype not in DTYPES:
             bad("dtype", f"must be one of {DTYPES}")
+        if self.load_format not in LOAD_FORMATS:
+            bad("load_format", f"must be one of {LOAD_FORMATS}")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            bad("quantization", f"must be one of {QUANTIZATIONS} or None")
+        if self.quantization is not None and self.device != "cpu":
+            bad("quantization", f"has CPU kernels only; device {self.device!r} has none here")
+        if type(self.quant_group_size) is not int or self.quant_group_size not in INT4_GROUP_SIZES:
+            bad("quant_group_size", f"must be one of {INT4_GROUP_SIZES}")
+        if self.quantize_lm_head and self.quantization is None:
+            bad("quantize_lm_head", "needs --quantization int8 or int4")
         if self.page_size < 1:
             bad("page_size", "must be >= 1")
         if self.kv_cache_tokens is not None and self.kv_cache_tokens < self.page_size:
@@ -145,10 +160,6 @@ class ServerArgs:
             bad("served_model_name", "must be one or more distinct non-empty names")
         if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template):
             bad("chat_template", "must be the path of a Jinja template file")
-        if self.load_format not in LOAD_FORMATS:
-            bad("load_format", f"must be one of {LOAD_FORMATS} (weights are read from safetensors)")
-        if self.quantization is not None:
-            bad("quantization", "no quantization method is supported here; serve the checkpoint's dtype (--dtype)")
         if self.log_level.lower() not in LOG_LEVELS:
             bad("log_level", f"must be one of {LOG_LEVELS}")
         if not 0 < self.port < 65536:

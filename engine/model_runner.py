@@ -30,7 +30,8 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, args: ServerArgs, model_path: str):
+    def __init__(self, args: ServerArgs, model_path: str, progress: bool = True):
+        """`progress`: a tqdm bar over the checkpoint's tensors while loading (shown on a terminal only)."""
         self.args = args
         self.device = args.device
         if args.num_threads:
@@ -38,7 +39,10 @@ class ModelRunner:
         if args.device == "cpu":
             keep_freed_memory()
         self.dtype = resolve_dtype(args.dtype, args.device)  # "auto" → what this hardware computes natively
-        self.model, self.model_config = load_model(model_path, self.dtype, args.device, progress=True)
+        self.model, self.model_config = load_model(
+            model_path, self.dtype, args.device, load_format=args.load_format, quantization=args.quantization,
+            quant_group_size=args.quant_group_size, quantize_lm_head=args.quantize_lm_head, seed=args.seed,
+            progress=progress)
         cfg: ModelConfig = self.model_config
         self.context_len = min(args.context_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
         dtype = DTYPES[self.dtype]

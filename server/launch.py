@@ -238,10 +238,11 @@ class Launcher:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_server_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from engine.models.loader import read_chat_template, resolve_model_path
+    from engine.models.loader import check_model_args, read_chat_template, resolve_model_path
 
     try:
         model_path = resolve_model_path(args.model_path)
+        check_model_args(model_path, args.quantization, args.quant_group_size, args.quantize_lm_head)
         if args.chat_template is not None:
             read_chat_template(args.chat_template)  # fail before any child starts
     except (FileNotFoundError, ValueError) as e:  # ValueError: a GGUF of an unsupported architecture or type

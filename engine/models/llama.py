@@ -87,17 +87,46 @@ class LlamaForCausalLM(nn.Module):
         x = self.norm(x[idx], residual[idx])[0]  # [B or N, hidden]
         return self.lm_head(x).float()  # [B or N, vocab]
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy HF-named tensors in, fusing q/k/v and gate/up. Raises ValueError on missing or unknown names."""
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
+    def _fused_shards(self) -> dict[str, tuple[str, int, int]]:
+        """HF projection name -> (fused parameter name, row offset, rows): q/k/v live in qkv_proj, gate/up in
+        gate_up_proj."""
         cfg = self.cfg
         q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        shards = {
+        return {
             "q_proj": ("qkv_proj", 0, q), "k_proj": ("qkv_proj", q, kv), "v_proj": ("qkv_proj", q + kv, kv),
             "gate_proj": ("gate_up_proj", 0, cfg.intermediate_size),
             "up_proj": ("gate_up_proj", cfg.intermediate_size, cfg.intermediate_size),
         }
+
+    def checkpoint_tensors(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(HF tensor name, shape) of every tensor a checkpoint of this model holds, in module order (embeddings,
+        layer by layer, final norm, lm_head): what `load_weights` expects, and what dummy weights generate."""
+        by_fused: dict[str, list[tuple[str, int]]] = {}
+        for short, (fused, _, size) in self._fused_shards().items():
+            by_fused.setdefault(fused, []).append((short, size))
+        out: list[tuple[str, tuple[int, ...]]] = []
+        for name, param in self.named_parameters(remove_duplicate=True):
+            if name == "lm_head.weight" and self.cfg.tie_word_embeddings:
+                continue
+            prefix = "" if name.startswith("lm_head.") else "model."
+            parts = name.split(".")
+            fused = next((p for p in parts if p in by_fused), None)
+            if fused is None:
+                out.append((prefix + name, tuple(param.shape)))
+                continue
+            for short, size in by_fused[fused]:
+                out.append((prefix + name.replace(fused, short), (size, *param.shape[1:])))
+        return out
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named tensors in, fusing q/k/v and gate/up. Raises ValueError on missing or unknown names.
+
+        Parameters are looked up per tensor, not held: a streaming caller (engine/models/quant_load.py) may
+        materialise a layer's parameters just before its tensors arrive and replace them just after."""
+        names = {name for name, _ in self.named_parameters()}
+        loaded: set[str] = set()
+        cfg = self.cfg
+        shards = self._fused_shards()
         for name, tensor in weights:
             name = name.removeprefix("model.")
             if "rotary_emb.inv_freq" in name:
@@ -110,15 +139,15 @@ class LlamaForCausalLM(nn.Module):
                 if short in parts:
                     target, offset, size = name.replace(short, fused), off, sz
                     break
-            if target not in params:
+            if target not in names:
                 raise ValueError(f"checkpoint tensor {name!r} has no place in the {cfg.architecture} model")
-            param = params[target]
+            param = self.get_parameter(target)
             dst = param.data if offset is None else param.data.narrow(0, offset, size)
             if dst.shape != tensor.shape:
                 raise ValueError(f"checkpoint tensor {name!r}: shape {tuple(tensor.shape)} != {tuple(dst.shape)}")
             dst.copy_(tensor)
             loaded.add(name if offset is None else f"{target}:{offset}")
         # q/k/v arrive as 3 shards of one fused param (weight, and bias if any), gate/up as 2.
-        expected = len(params) + (3 + 2 * cfg.attention_bias) * cfg.num_layers
+        expected = len(names) + (3 + 2 * cfg.attention_bias) * cfg.num_layers
         if len(loaded) != expected:
             raise ValueError(f"checkpoint is missing tensors: loaded {len(loaded)} of {expected}")

@@ -21,9 +21,11 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from engine.config import GGUF_SUFFIX, ModelConfig
+from engine.config import GGUF_SUFFIX, LOAD_FORMATS, ModelConfig
 from engine.models.layers import cpu_bf16_native, prepack_linears
 from engine.models.llama import LlamaForCausalLM
+from engine.models.quant import check_quantizable
+from engine.models.quant_load import dummy_weights, layer_linears, materialize, quantize_linear, stream_quantized
 from engine.models.qwen2 import Qwen2ForCausalLM
 from engine.models.qwen3 import Qwen3ForCausalLM
 
@@ -109,32 +111,35 @@ def safetensors_files(path: str) -> list[str]:
     return files
 
 
-def iter_weights(path: str, progress: bool = False):
-    """(name, tensor) for every checkpoint tensor; `progress` shows a tqdm bar on a terminal (stderr)."""
-    files = safetensors_files(path)
-    total = 0
-    if progress:
-        for file in files:
-            with safe_open(file, framework="pt") as f:
-                total += len(f.keys())
-    with tqdm(total=total, desc="Loading weights", unit="tensor", disable=None if progress else True,
-              dynamic_ncols=True) as bar:
-        for file in files:
-            with safe_open(file, framework="pt") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
-                    bar.update(1)
+def iter_weights(path: str):
+    """(name, tensor) for every checkpoint tensor, file by file (load_model wraps it in the progress bar)."""
+    for file in safetensors_files(path):
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
 
 
-def load_model(path: str, dtype: str = "auto", device: str = "cpu",
-               progress: bool = False) -> tuple[LlamaForCausalLM, ModelConfig]:
-    """The checkpoint at `path` (an HF dir, or a .gguf file) as a model in `dtype` on `device`; `progress`: a
-    tqdm bar (on a terminal) and begin / end log lines with the time and size, as SGLang prints them."""
+def load_model(path: str, dtype: str = "auto", device: str = "cpu", *, load_format: str = "auto",
+               quantization: str | None = None, quant_group_size: int = 128, quantize_lm_head: bool = False,
+               seed: int = 0, progress: bool = False) -> tuple[LlamaForCausalLM, ModelConfig]:
+    """Build the model of `path` (an HF dir's config.json, or a .gguf file's metadata) and fill it: from its
+    safetensors or GGUF tensors (`load_format` auto / safetensors) or with seeded random weights (`dummy`: the dir
+    needs only config.json). With `quantization` int8 / int4 every linear of the decoder layers (and the LM head
+    with `quantize_lm_head`) is quantized as it loads (engine/models/quant_load.py). `progress`: a tqdm bar (on a
+    terminal) over the checkpoint's tensors and begin / end log lines with the time and size, as SGLang prints
+    them."""
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format: must be one of {LOAD_FORMATS} (got {load_format!r})")
+    quantized = quantization is not None
+    if quantized and torch.device(device).type != "cpu":
+        raise ValueError(f"quantization: {quantization} has CPU kernels only (device {device!r})")
     start = time.monotonic()
     if progress:
         logger.info("loading weights from %s", path)
     reader = None
     if is_gguf(path):  # one reader for the config and the weights: opening one parses all its metadata
+        if load_format == "dummy":
+            raise ValueError("load_format: dummy builds random weights from a model dir's config.json, not a GGUF")
         from engine.models.gguf_file import gguf_hf_config, iter_gguf_weights, open_gguf
 
         reader = open_gguf(path)
@@ -144,21 +149,33 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu",
     torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     with torch.device("meta"):
         model = ARCHITECTURES[cfg.architecture](cfg)
-    # Materialise on the target device, then copy the checkpoint in (cast per tensor, not all at once).
-    model = model.to_empty(device=device)
+    if quantized:  # every shape checked before a byte is allocated
+        check_model_quantizable(model, quantization, quant_group_size, quantize_lm_head)
+    # Materialise straight in the serving dtype (each checkpoint tensor is cast as it is copied in); a quantized
+    # model's layer linears stay on meta until their layer loads.
+    model = model.to(torch_dtype)
+    materialize(model, device, keep_layer_linears_meta=quantized)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     for layer in model.layers:  # the rotary cache is a computed buffer, rebuilt after to_empty
         layer.self_attn.rotary = model.layers[0].self_attn.rotary
     rotary = model.layers[0].self_attn.rotary
     fresh = type(rotary)(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-    rotary.cos_sin = fresh.cos_sin.to(device)
+    rotary.cos_sin = fresh.cos_sin.to(device)  # fp32 whatever the weights' dtype
     if reader is not None:
-        model.load_weights(iter_gguf_weights(path, reader))  # dequantized to fp32, cast to the serving dtype below
+        weights = iter_gguf_weights(path, reader)  # dequantized to fp32; cast (or quantized) as each is copied in
+    elif load_format == "dummy":
+        weights = dummy_weights(model, seed, torch_dtype)
     else:
-        model.load_weights(iter_weights(path, progress))
-    model = model.to(torch_dtype)
-    rotary.cos_sin = rotary.cos_sin.float()  # keep rotary tables in fp32 whatever the weights' dtype
+        weights = iter_weights(path)
+    if progress:
+        weights = tqdm(weights, total=len(model.checkpoint_tensors()), desc="Loading weights", unit="tensor",
+                       disable=None, dynamic_ncols=True)  # disable=None: shown on a terminal only
+    if quantized:
+        weights = stream_quantized(model, weights, quantization, quant_group_size, device)
+    model.load_weights(weights)
+    if quantize_lm_head and quantized:  # a tied embedding keeps its dense table for the lookup
+        quantize_linear(model, "lm_head", quantization, quant_group_size, "lm_head")
     model.eval()
     prepack_linears(model)  # bf16 / fp32 on CPU only
     if progress:
@@ -166,6 +183,32 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu",
         logger.info("weights loaded in %.1f s (%s, %.2f GB)", time.monotonic() - start, resolve_dtype(dtype, device),
                     size / 1e9)
     return model, cfg
+
+
+def check_model_quantizable(model: LlamaForCausalLM, quantization: str, group_size: int,
+                            quantize_lm_head: bool) -> None:
+    """Raise ValueError naming the first linear `quantization` cannot take (model built on meta is fine)."""
+    for i, layer in enumerate(model.layers):
+        for qualname, _, _, lin in layer_linears(layer):
+            check_quantizable(quantization, lin.out_features, lin.in_features, group_size, f"layers.{i}.{qualname}")
+    if quantize_lm_head:
+        check_quantizable(quantization, model.lm_head.out_features, model.lm_head.in_features, group_size, "lm_head")
+
+
+def check_model_args(path: str, quantization: str | None, quant_group_size: int, quantize_lm_head: bool) -> None:
+    """The checks of `load_model` that need the checkpoint's config.json, without loading anything (the server
+    runs them before it starts its processes)."""
+    if quantization is None:
+        return
+    if is_gguf(path):
+        from engine.models.gguf_file import gguf_hf_config
+
+        cfg = ModelConfig.from_dict(gguf_hf_config(path), path)
+    else:
+        cfg = ModelConfig.from_hf(path)
+    with torch.device("meta"):
+        model = ARCHITECTURES[cfg.architecture](cfg)
+    check_model_quantizable(model, quantization, quant_group_size, quantize_lm_head)
 
 
 def load_tokenizer(path: str, chat_template: str | None = None):

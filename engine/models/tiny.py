@@ -9,7 +9,8 @@ transformers' Qwen2Tokenizer forces on load, so `tokenizers` and `AutoTokenizer`
 Like real Qwen checkpoints, the model's `vocab_size` is the tokenizer size padded up to a multiple of 64:
 ids >= len(tokenizer) exist in the logits but decode to nothing.
 
-CLI: `python -m engine.models.tiny DIR [--preset tiny|bench] [--seed N]`
+CLI: `python -m engine.models.tiny DIR [--preset tiny|bench|qwen2.5-0.5b|qwen2.5-1.5b|qwen2.5-7b|qwen2.5-14b]
+[--seed N]`. The qwen2.5-* presets write config.json + tokenizer only: serve them with `--load-format dummy`.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from engine.models.chat_templates import CHATML_END, CHATML_START, ENDOFTEXT, chatml_template
+from engine.models.real_shapes import REAL_MAX_POSITIONS, REAL_SHAPES, REAL_TOKENIZER_SIZE
 
 # Same pattern as transformers' qwen2 PRETOKENIZE_REGEX; AutoTokenizer re-applies it on load, so ours must match.
 QWEN2_PRETOKENIZE_REGEX = (
@@ -50,9 +52,13 @@ class TinyPreset:
     rope_theta: float = 1_000_000.0
     max_position_embeddings: int = 4096
     rms_norm_eps: float = 1e-6
+    model_vocab_size: int | None = None  # a real model's (padded) vocab; None: the tokenizer's size padded
+    with_weights: bool = True  # False: config + tokenizer only, for --load-format dummy (real sizes)
 
     @property
     def vocab_size(self) -> int:
+        if self.model_vocab_size is not None:
+            return self.model_vocab_size
         return -(-self.tokenizer_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
 
     @property
@@ -76,6 +82,12 @@ PRESETS = types.MappingProxyType({
     # ~31M params; untied lm_head; head_dim 64, 4 query heads per kv head.
     "bench": TinyPreset(tokenizer_size=8192, hidden_size=512, intermediate_size=1408, num_layers=8,
                         num_heads=8, num_kv_heads=2, tie_word_embeddings=False),
+    # Public Qwen2.5 shapes, written without weights (engine/models/real_shapes.py).
+    **{name: TinyPreset(tokenizer_size=REAL_TOKENIZER_SIZE, hidden_size=h, intermediate_size=inter,
+                        num_layers=layers, num_heads=heads, num_kv_heads=kv, tie_word_embeddings=tied,
+                        max_position_embeddings=REAL_MAX_POSITIONS, rms_norm_eps=eps, model_vocab_size=vocab,
+                        with_weights=False)
+       for name, (h, inter, layers, heads, kv, tied, vocab, eps) in REAL_SHAPES.items()},
 })
 
 _PROSE = """\
@@ -264,7 +276,9 @@ def write_tiny_checkpoint(out_dir: str, preset: str = "tiny", seed: int = 0) -> 
     tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
     ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
 
-    save_file(random_state_dict(shape, seed), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    if shape.with_weights:
+        save_file(random_state_dict(shape, seed), os.path.join(out_dir, "model.safetensors"),
+                  metadata={"format": "pt"})
     _write_json(os.path.join(out_dir, "config.json"), _hf_config(shape, ids))
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), _tokenizer_config(shape))
     # Qwen's instruct checkpoints stop on either end marker; keep a list here so readers handle both forms.
@@ -284,7 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     path = write_tiny_checkpoint(args.out_dir, preset=args.preset, seed=args.seed)
-    print(f"wrote {args.preset} checkpoint ({PRESETS[args.preset].param_count():,} params) to {path}")
+    shape = PRESETS[args.preset]
+    what = "checkpoint" if shape.with_weights else "config + tokenizer (serve with --load-format dummy)"
+    print(f"wrote {args.preset} {what} ({shape.param_count():,} params) to {path}")
 
 
 if __name__ == "__main__":
