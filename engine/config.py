@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.kv_events.config import KVEventsConfig, parse_kv_events_config
 from engine.radix_cache.eviction import eviction_policy_names
 
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
@@ -54,6 +55,9 @@ class ServerArgs:
     # tracing: record finished requests as a prefix-cache trace (hashes only; engine/trace_recorder.py)
     trace_file: str | None = None
     trace_block_size: int = 16  # prompt tokens per recorded block hash
+    # KV events in vLLM's format over ZMQ, one block per radix page (JSON of vLLM's KVEventsConfig keys;
+    # engine/kv_events/config.py)
+    kv_events_config: str | None = None
     # server
     host: str = "127.0.0.1"
     port: int = 30000
@@ -95,6 +99,7 @@ class ServerArgs:
             bad("trace_file", "must be a non-empty path or None")
         if type(self.trace_block_size) is not int or self.trace_block_size < 1:
             bad("trace_block_size", "must be an integer >= 1")
+        parse_kv_events_config(self.kv_events_config)  # ValueError naming kv_events_config and the key
         if self.tp_size != 1:
             bad("tp_size", "only 1 is supported (single device)")
         if not 0 < self.port < 65536:
@@ -106,6 +111,10 @@ class ServerArgs:
         if unknown:
             raise ValueError(f"{sorted(unknown)[0]}: unknown flag")
         return dataclasses.replace(self, **changes).validate()
+
+    @property
+    def kv_events(self) -> KVEventsConfig | None:
+        return parse_kv_events_config(self.kv_events_config)
 
     @property
     def effective_chunk_size(self) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.config import ServerArgs
 from engine.knobs import LIVE_KNOBS, apply_knobs
+from engine.kv_events.publisher import open_kv_event_stream
 from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from engine.pair.render import IclPrompt
@@ -36,6 +37,8 @@ class EngineLoop:
         self.tokenizer = tokenizer
         self.context_len = self.runner.context_len
         self.scheduler = Scheduler(args, self.runner.num_slots, self.context_len, self._decode_tail)
+        # --kv-events-config: the tree's changes go out as vLLM KV events, one batch per step; close() ends it
+        self.kv_events = open_kv_event_stream(args.kv_events, self.scheduler.kv.tree)
         self.eos_token_ids = self._eos_ids(tokenizer)
         self._rng = random.Random(args.seed)
         self.failed_steps = 0  # consecutive steps whose forward raised (their requests were aborted)
@@ -77,6 +80,18 @@ class EngineLoop:
         return self.scheduler.has_work()
 
     def step(self) -> list[StepOutput]:
+        outputs = self._step()
+        if self.kv_events is not None:
+            self.kv_events.flush()
+        return outputs
+
+    def close(self) -> None:
+        """Publish the last KV events and close the publisher (the model and pool need no closing)."""
+        if self.kv_events is not None:
+            self.kv_events.close()
+            self.kv_events = None
+
+    def _step(self) -> list[StepOutput]:
         batch = self.scheduler.schedule()
         try:
             next_ids = self.runner.run(batch) if batch is not None else None
@@ -153,6 +168,8 @@ class EngineLoop:
             return False
         if self.scheduler.kv.tree is not None:
             self.scheduler.kv.tree.reset()
+        if self.kv_events is not None:
+            self.kv_events.flush()
         return True
 
     def update_config(self, knobs: dict[str, Any]) -> dict[str, Any]:
