@@ -63,7 +63,7 @@ class ServerArgs:
     port: int = 30000
     api_key: str | None = None
     log_level: str = "info"
-    tp_size: int = 1
+    tp_size: int = 1  # tensor-parallel ranks, one process each (engine/distributed/); checked against the model at load
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def validate(self) -> "ServerArgs":
@@ -100,8 +100,8 @@ class ServerArgs:
         if type(self.trace_block_size) is not int or self.trace_block_size < 1:
             bad("trace_block_size", "must be an integer >= 1")
         parse_kv_events_config(self.kv_events_config)  # ValueError naming kv_events_config and the key
-        if self.tp_size != 1:
-            bad("tp_size", "only 1 is supported (single device)")
+        if type(self.tp_size) is not int or self.tp_size < 1:
+            bad("tp_size", "must be an integer >= 1 (ranks of tensor parallelism)")
         if not 0 < self.port < 65536:
             bad("port", "must be in 1..65535")
         return self

@@ -86,10 +86,11 @@ class EngineLoop:
         return outputs
 
     def close(self) -> None:
-        """Publish the last KV events and close the publisher (the model and pool need no closing)."""
+        """Publish the last KV events, close the publisher, stop the other tensor-parallel ranks. Idempotent."""
         if self.kv_events is not None:
             self.kv_events.close()
             self.kv_events = None
+        self.runner.close()
 
     def _step(self) -> list[StepOutput]:
         batch = self.scheduler.schedule()

@@ -6,6 +6,10 @@ import torch
 from engine.attention.base import ForwardBatch, create_backend
 from engine.attention.cpu_backend import CpuBackend
 from engine.config import ModelConfig, ServerArgs
+from engine.distributed.comm import TPContext, rank_device
+from engine.distributed.launcher import TPWorkers
+from engine.distributed.sharding import check_tp_size, shard_config
+from engine.distributed.step_meta import HEADER_LEN, OP_STOP, StepMeta, stop_header
 from engine.cpu_runtime import keep_freed_memory
 from engine.memory import KVPool, plan_kv_slots
 from engine.models.cpu_rmsnorm import DTYPES as RMSNORM_DTYPES
@@ -18,26 +22,54 @@ from engine.scheduler.batch import ScheduledBatch
 
 
 class ModelRunner:
-    def __init__(self, args: ServerArgs, model_path: str):
+    """Loads the model and its KV pool and runs steps. With tp_size > 1 it is one rank of a tensor-parallel
+    group: rank 0 (tp_rank=0, the engine's process) starts the other ranks and broadcasts each step to them
+    before running it; a worker rank (engine/distributed/worker.py) runs `serve_one_step` in a loop."""
+
+    def __init__(self, args: ServerArgs, model_path: str, tp_rank: int = 0, tp_init_method: str | None = None):
         self.args = args
-        self.device = args.device
         if args.num_threads:
             torch.set_num_threads(args.num_threads)
         if args.device == "cpu":
             keep_freed_memory()
         self.dtype = resolve_dtype(args.dtype, args.device)  # "auto" → what this hardware computes natively
-        self.model, self.model_config = load_model(model_path, self.dtype, args.device)
+        self.tp, self.tp_workers = None, None
+        if args.tp_size > 1:
+            check_tp_size(ModelConfig.from_hf(model_path), args.tp_size)  # a clear error before any process starts
+            if tp_rank == 0:
+                self.tp_workers = TPWorkers(args, model_path)
+                tp_init_method = self.tp_workers.init_method
+            try:
+                self.tp = TPContext(tp_rank, args.tp_size, tp_init_method, args.device)
+            except BaseException:
+                self.close()
+                raise
+        self.device = rank_device(args.device, tp_rank) if self.tp else args.device
+        try:
+            self._load(model_path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, model_path: str) -> None:
+        args = self.args
+        self.model, self.model_config = load_model(model_path, self.dtype, self.device, self.tp)
         cfg: ModelConfig = self.model_config
+        shard = shard_config(cfg, args.tp_size)  # this rank's heads (the full model when tp_size is 1)
         self.context_len = min(args.context_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
         dtype = DTYPES[self.dtype]
-        per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype)
+        per_token = KVPool.bytes_per_token(cfg.num_layers, shard.num_kv_heads, shard.head_dim, dtype)
+        if self.tp is not None and self.device == "cpu":
+            per_token *= args.tp_size  # the ranks' pools share this host's memory
         self.num_slots = plan_kv_slots(args.kv_cache_tokens, args.mem_fraction, per_token, args.page_size,
                                        args.device)
-        self.kv_pool = KVPool(self.num_slots, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype, args.device)
+        if self.tp is not None:
+            self.num_slots = self.tp.broadcast_int(self.num_slots)  # rank 0's plan: slot ids must mean the same
+        self.kv_pool = KVPool(self.num_slots, cfg.num_layers, shard.num_kv_heads, shard.head_dim, dtype, self.device)
         self.max_reqs = args.max_running_requests + 1
-        self.req_to_token = torch.zeros((self.max_reqs, self.context_len), dtype=torch.int32, device=args.device)
-        self.attn_backend = create_backend(args.attention_backend, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                                           args.device)
+        self.req_to_token = torch.zeros((self.max_reqs, self.context_len), dtype=torch.int32, device=self.device)
+        self.attn_backend = create_backend(args.attention_backend, shard.num_heads, shard.num_kv_heads,
+                                           shard.head_dim, self.device)
         if isinstance(self.attn_backend, CpuBackend) and dtype in RMSNORM_DTYPES:  # its compiler builds this too
             use_rmsnorm_kernel(self.model, CpuRMSNorm())
             use_rotary_kernel(self.model, CpuRotary())  # the same dtypes
@@ -46,7 +78,7 @@ class ModelRunner:
     def _tensor(self, data: list[int], dtype=torch.int64) -> torch.Tensor:
         return torch.tensor(data, dtype=dtype, device=self.device)
 
-    def build_forward_batch(self, batch: ScheduledBatch) -> tuple[torch.Tensor, ForwardBatch]:
+    def build_forward_batch(self, batch: ScheduledBatch | StepMeta) -> tuple[torch.Tensor, ForwardBatch]:
         rows, cols, slots = [], [], []  # one-slot writes (a decode step has one per request): one scatter
         for w in batch.table_writes:
             if len(w.slots) == 1:
@@ -66,7 +98,8 @@ class ModelRunner:
             last.append(len(positions) - 1)
         fb = ForwardBatch(
             mode=batch.mode, batch_size=batch.batch_size,
-            req_pool_indices=self._tensor([r.req_pool_idx for r in batch.reqs]),
+            req_pool_indices=self._tensor(StepMeta.from_batch(batch).req_pool_indices
+                                          if isinstance(batch, ScheduledBatch) else batch.req_pool_indices),
             seq_lens=self._tensor(seq_lens), prefix_lens=self._tensor(batch.prefix_lens),
             extend_lens=self._tensor(batch.extend_lens), extend_start_loc=self._tensor(starts),
             positions=self._tensor(positions), out_cache_loc=self._tensor(batch.out_cache_loc),
@@ -79,11 +112,50 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, batch: ScheduledBatch) -> torch.Tensor:
-        """Logits [B, vocab] (float32) of each request's last new token."""
+        """Logits [B, vocab] (float32) of each request's last new token. Under TP, rank 0 first sends the step
+        to the other ranks; a dead rank raises TPGroupDead (no step can run without it)."""
         batch.check()
+        if self.tp is None:
+            return self._forward(batch)
+        self.tp_workers.check_alive()
+        meta = StepMeta.from_batch(batch)
+        try:
+            header, body = meta.encode()
+            self.tp.broadcast(header.to(self.tp.device))
+            self.tp.broadcast(body.to(self.tp.device))
+            return self._forward(meta)
+        except Exception as e:
+            self.tp_workers.check_alive(wait_s=2.0)  # a collective fails when a peer dies: say which one
+            raise e
+
+    def _forward(self, batch: ScheduledBatch | StepMeta) -> torch.Tensor:
         input_ids, fb = self.build_forward_batch(batch)
         self.attn_backend.init_forward(fb)
         return self.model(input_ids, fb.positions, fb)
+
+    @torch.inference_mode()
+    def serve_one_step(self) -> bool:
+        """Worker ranks: receive one step from rank 0 and run its forward; False when rank 0 says stop."""
+        header = self.tp.broadcast(torch.empty(HEADER_LEN, dtype=torch.int64, device=self.tp.device)).tolist()
+        if header[0] == OP_STOP:
+            return False
+        body = torch.empty(StepMeta.body_len(header), dtype=torch.int64, device=self.tp.device)
+        self._forward(StepMeta.decode(header, self.tp.broadcast(body).tolist()))
+        return True
+
+    def close(self) -> None:
+        """Stop and reap the other TP ranks (rank 0) and leave the group. Idempotent; nothing to do at TP 1."""
+        if self.tp is not None and self.tp_workers is not None and not self.tp_workers.dead():
+            try:
+                self.tp.broadcast(stop_header().to(self.tp.device))
+            except Exception:  # the group is already broken: the workers exit on their own or are killed
+                pass
+        if self.tp_workers is not None:
+            self.tp_workers.stop()
+            self.tp_workers = None
+        if self.tp is not None:
+            self.tp.close()
+            self.tp = None
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> list[int]:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from engine.config import ServerArgs
 
 SKIPPED_FIELDS = frozenset({"extra"})  # free-form dict: not expressible as one flag
-ALIASES = types.MappingProxyType({"model_path": ("--model",)})
+ALIASES = types.MappingProxyType({"model_path": ("--model",), "tp_size": ("--tp",)})
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # what both logging and uvicorn accept
 
 

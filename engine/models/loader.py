@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 from engine.config import ModelConfig
+from engine.distributed.sharding import shard_config, shard_weights
 from engine.models.layers import cpu_bf16_native, prepack_linears
 from engine.models.llama import LlamaForCausalLM
 from engine.models.qwen2 import Qwen2ForCausalLM
@@ -94,11 +95,15 @@ def iter_weights(path: str):
                 yield name, f.get_tensor(name)
 
 
-def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[LlamaForCausalLM, ModelConfig]:
+def load_model(path: str, dtype: str = "auto", device: str = "cpu", tp=None) -> tuple[LlamaForCausalLM, ModelConfig]:
+    """The model and its (full) config. With `tp` (engine/distributed/comm.TPContext) the model is rank tp.rank's
+    shard: built at the per-rank shape, fed the rank's slice of each tensor (engine/distributed/sharding.py),
+    and its forward all-reduces / gathers through tp."""
     cfg = ModelConfig.from_hf(path)
+    tp_size = tp.size if tp is not None else 1
     torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     with torch.device("meta"):
-        model = ARCHITECTURES[cfg.architecture](cfg)
+        model = ARCHITECTURES[cfg.architecture](shard_config(cfg, tp_size))
     # Materialise on the target device, then copy the checkpoint in (cast per tensor, not all at once).
     model = model.to_empty(device=device)
     if cfg.tie_word_embeddings:
@@ -108,7 +113,9 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu") -> tuple[Lla
     rotary = model.layers[0].self_attn.rotary
     fresh = type(rotary)(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
     rotary.cos_sin = fresh.cos_sin.to(device)
-    model.load_weights(iter_weights(path))
+    model.load_weights(shard_weights(iter_weights(path), cfg, tp.rank if tp else 0, tp_size))
+    if tp is not None:
+        model.set_tensor_parallel(tp, cfg.vocab_size)
     model = model.to(torch_dtype)
     rotary.cos_sin = rotary.cos_sin.float()  # keep rotary tables in fp32 whatever the weights' dtype
     model.eval()
