@@ -19,6 +19,8 @@ EVICTION_POLICIES = ("lru", "lfu", "segment")  # the built-ins; more via registe
 ATTENTION_BACKENDS = ("auto", "cpu", "torch", "triton", "flashinfer")
 DTYPES = ("auto", "bfloat16", "float32", "float16")  # auto: engine.models.loader.resolve_dtype
 PAIR_POLICIES = ("none", "table", "native")
+LOAD_FORMATS = ("auto", "safetensors")  # what engine.models.loader reads (a GGUF is converted first: --model demo)
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # what both logging and uvicorn accept
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,13 @@ class ServerArgs:
     """Every engine and server flag. CLI flags are these names with '-' for '_'."""
 
     model_path: str = "demo"
-    served_model_name: str | None = None
+    # Names /v1/models lists and requests may use; the first is reported in responses. None: the model dir's name.
+    # A str is taken as one name; the CLI takes several (`--served-model-name a b`).
+    served_model_name: tuple[str, ...] | None = None
+    chat_template: str | None = None  # path of a Jinja chat template file replacing the tokenizer's own
+    load_format: str = "auto"  # SGLang's --load-format: auto / safetensors (the only weight format read)
+    quantization: str | None = None  # SGLang's --quantization: no quantized kernels here, so only None
+    trust_remote_code: bool = False  # accepted for SGLang's launch lines; no model code is ever executed
     dtype: str = "auto"  # bfloat16 where the hardware computes it natively, else float32
     device: str = "cpu"
     seed: int = 0
@@ -63,8 +71,19 @@ class ServerArgs:
     port: int = 30000
     api_key: str | None = None
     log_level: str = "info"
+    log_requests: bool = False  # log each request's id, lengths and timings when it finishes
+    enable_metrics: bool = True  # GET /metrics (Prometheus); --no-enable-metrics turns the route off
     tp_size: int = 1  # tensor-parallel ranks, one process each (engine/distributed/); checked against the model at load
+    dp_size: int = 1  # data parallelism: run one server per replica behind sglang-router instead
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        # One name or a list of names (msgpack and JSON carry tuples as lists): always a tuple afterwards.
+        names = self.served_model_name
+        if isinstance(names, str):
+            object.__setattr__(self, "served_model_name", (names,))
+        elif isinstance(names, list):
+            object.__setattr__(self, "served_model_name", tuple(names))
 
     def validate(self) -> "ServerArgs":
         """Raise ValueError naming the first bad field; return self so it chains."""
@@ -102,6 +121,20 @@ class ServerArgs:
         parse_kv_events_config(self.kv_events_config)  # ValueError naming kv_events_config and the key
         if type(self.tp_size) is not int or self.tp_size < 1:
             bad("tp_size", "must be an integer >= 1 (ranks of tensor parallelism)")
+        if self.dp_size != 1:
+            bad("dp_size", "only 1 is supported: run one server per replica behind sglang-router")
+        names = self.served_model_name
+        if names is not None and (not names or not all(isinstance(n, str) and n for n in names)
+                                  or len(set(names)) != len(names)):
+            bad("served_model_name", "must be one or more distinct non-empty names")
+        if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template):
+            bad("chat_template", "must be the path of a Jinja template file")
+        if self.load_format not in LOAD_FORMATS:
+            bad("load_format", f"must be one of {LOAD_FORMATS} (weights are read from safetensors)")
+        if self.quantization is not None:
+            bad("quantization", "no quantization method is supported here; serve the checkpoint's dtype (--dtype)")
+        if self.log_level.lower() not in LOG_LEVELS:
+            bad("log_level", f"must be one of {LOG_LEVELS}")
         if not 0 < self.port < 65536:
             bad("port", "must be in 1..65535")
         return self

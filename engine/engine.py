@@ -38,7 +38,7 @@ class Engine:
             flags["model_path"] = model_path
         self.args = ServerArgs(**flags).validate()
         path = resolve_model_path(self.args.model_path)
-        self.tokenizer = load_tokenizer(path)
+        self.tokenizer = load_tokenizer(path, self.args.chat_template)
         self.segment_encoder = SegmentEncoder(self.tokenizer)
         # trace_file: finished requests are recorded there (hashes only) until shutdown() closes it.
         self.recorder = open_trace_recorder(self.args)

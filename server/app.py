@@ -1,18 +1,18 @@
 """The FastAPI app: routes, API-key check, body-size limit, OpenAI-style errors.
 
-Routes: GET /health (no key needed; 503 once a child died or shutdown began), GET /v1/models,
-POST /v1/completions, POST /v1/chat/completions, POST /generate (native: {text|input_ids|icl, sampling_params,
-stream} → {text, output_ids, meta_info}), GET /metrics, GET /get_server_info (alias /stats: scheduler stats,
-KV capacity / free / cache sizes, process ids, current server args), POST /flush_cache (400 unless idle),
-POST /update_config (live knobs of engine.knobs, applied between scheduler steps).
+Routes: GET /health (no key needed; 503 once a child died or shutdown began), GET /v1/models (every served name,
+with max_model_len), POST /v1/completions, POST /v1/chat/completions, POST /generate (SGLang's native route:
+{text|input_ids|icl, sampling_params, stream, rid, ...} → {text, output_ids, meta_info}; every SGLang key is
+classified in server.api_fields), GET /metrics (unless --no-enable-metrics), POST /flush_cache (400 unless
+idle), POST /update_config (live knobs of engine.knobs, applied between scheduler steps), and SGLang's other
+native routes (server.sglang_routes: /get_server_info, /get_model_info, /get_load, /health_generate, /tokenize,
+/detokenize, /abort_request, /version).
 Every error is `{"error": {"message", "type", "param", "code"}}`; no request error stops the server.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import os
 import secrets
 from typing import Any, AsyncIterator
 
@@ -21,9 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.api_fields import GENERATE_FIELDS, sampling_from_sglang, screen
 from server.errors import APIError, from_value_error
 from server.openai_api import SSE_DONE, OpenAIHandler, sse
 from server.request_group import RequestGroup
+from server.sglang_routes import add_sglang_routes
 from server.tokenizer_manager import TokenizerManager
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -56,6 +58,17 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, 
     return obj
 
 
+def generate_public_ids(body: dict) -> list[str] | None:
+    """/generate's `rid`: one id (a single prompt) or one per prompt; 400 if malformed. None: none sent."""
+    rid = body.get("rid")
+    if rid is None:
+        return None
+    rids = [rid] if isinstance(rid, str) else rid
+    if not isinstance(rids, list) or not rids or not all(isinstance(r, str) and r for r in rids):
+        raise APIError(400, "rid: must be a non-empty string or a list of them", param="rid")
+    return rids
+
+
 def generate_result(r, rid: str) -> dict[str, Any]:
     """The in-process Engine's result shape."""
     meta = {"id": rid, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
@@ -75,7 +88,7 @@ async def generate_stream(group: RequestGroup) -> AsyncIterator[str]:
             text += ev.delta
             ids.extend(ev.new_token_ids)
             if ev.delta or ev.finished:
-                meta = {"id": group.rids[0], "prompt_tokens": ev.prompt_tokens,
+                meta = {"id": group.public_ids[0], "prompt_tokens": ev.prompt_tokens,
                         "completion_tokens": ev.completion_tokens, "cached_tokens": ev.cached_tokens,
                         "finish_reason": ev.finish_reason if ev.finished else None, **(ev.extra or {})}
                 yield sse({"text": text, "delta": ev.delta, "output_ids": list(ids), "meta_info": meta})
@@ -84,10 +97,10 @@ async def generate_stream(group: RequestGroup) -> AsyncIterator[str]:
         group.abort()
 
 
-def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str, int],
-              max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def build_app(tm: TokenizerManager, args, served_model_names: tuple[str, ...], pids: dict[str, int],
+              model_path: str = "", max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     app = FastAPI(title="pairserve", docs_url=None, redoc_url=None, openapi_url=None)
-    openai = OpenAIHandler(tm, served_model_name)
+    openai = OpenAIHandler(tm, served_model_names)
 
     def require_key(request: Request) -> None:
         if args.api_key is None:
@@ -125,8 +138,9 @@ def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str
 
     @app.get("/v1/models", dependencies=auth)
     async def models():
-        return {"object": "list", "data": [{"id": served_model_name, "object": "model", "created": 0,
-                                            "owned_by": "pairserve", "max_model_len": tm.context_len}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "pairserve",
+                                            "root": model_path or name, "max_model_len": tm.context_len}
+                                           for name in served_model_names]}
 
     @app.post("/v1/completions", dependencies=auth)
     async def completions(request: Request):
@@ -139,43 +153,45 @@ def build_app(tm: TokenizerManager, args, served_model_name: str, pids: dict[str
     @app.post("/generate", dependencies=auth)
     async def generate(request: Request):
         body = await read_json(request, max_body_bytes)
-        unknown = set(body) - {"text", "input_ids", "icl", "sampling_params", "stream"}
-        if unknown:
-            key = sorted(unknown)[0]
-            raise APIError(400, f"{key}: unknown field", param=key)
+        public_ids = generate_public_ids(body)
+        screen(body, GENERATE_FIELDS, public_ids[0] if public_ids else "(no rid)")
+        model = body.get("model")
+        if model is not None and model not in served_model_names:
+            raise APIError(404, f"model: {model!r} does not exist; this server serves {list(served_model_names)}",
+                           param="model", code="model_not_found")
         stream = body.get("stream") or False
         if not isinstance(stream, bool):
             raise APIError(400, "stream: must be a boolean", param="stream")
+        sampling = body.get("sampling_params")
+        sampling = [sampling_from_sglang(sp) for sp in sampling] if isinstance(sampling, list) else (
+            sampling_from_sglang(sampling))
         try:
             inputs, single = await tm.tokenize(prompt=body.get("text"), input_ids=body.get("input_ids"),
-                                               sampling_params=body.get("sampling_params"), icl=body.get("icl"))
+                                               sampling_params=sampling, icl=body.get("icl"))
             if stream and len(inputs) != 1:
                 raise ValueError("stream: streaming takes a single prompt")
+            if public_ids is not None and len(public_ids) != len(inputs):
+                raise ValueError(f"rid: got {len(public_ids)} ids for {len(inputs)} prompts")
         except ValueError as e:
             err = from_value_error(e, openai_names=False)
             if err.param == "prompt":
                 err.param = "text"
             raise err from None
-        group = tm.submit(inputs)
+        group = tm.submit(inputs, public_ids)
         if stream:
             return StreamingResponse(generate_stream(group), media_type="text/event-stream")
         results = await group.collect(request.is_disconnected)
-        out = [generate_result(r, rid) for r, rid in zip(results, group.rids)]
+        out = [generate_result(r, rid) for r, rid in zip(results, group.public_ids)]
         return out[0] if single else out
 
-    @app.get("/metrics", dependencies=auth)
-    async def metrics():
-        data, content_type = tm.metrics.render()
-        return Response(data, media_type=content_type)
+    if args.enable_metrics:
+        @app.get("/metrics", dependencies=auth)
+        async def metrics():
+            data, content_type = tm.metrics.render()
+            return Response(data, media_type=content_type)
 
-    async def server_info():
-        stats = await tm.get_stats()
-        public_args = {k: v for k, v in dataclasses.asdict(tm.args).items() if k != "api_key"}
-        return {**stats, "served_model_name": served_model_name, "context_len": tm.context_len,
-                "server_args": public_args, "pids": {"server": os.getpid(), **pids}}
-
-    app.get("/get_server_info", dependencies=auth)(server_info)
-    app.get("/stats", dependencies=auth)(server_info)
+    add_sglang_routes(app, tm, served_model_names, model_path, pids, auth,
+                      lambda request: read_json(request, max_body_bytes))
 
     @app.post("/update_config", dependencies=auth)
     async def update_config(request: Request):

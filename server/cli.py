@@ -1,8 +1,11 @@
 """Command line → validated ServerArgs. Flags are generated from the ServerArgs fields (one source of truth).
 
-Each field `foo_bar` becomes `--foo-bar`; `model_path` is also `--model`. Booleans are switches (`--flag`, or
-`--flag/--no-flag` for a field that defaults to True). Optional fields (`int | None`) accept their type; a
-flag left out keeps the dataclass default. Bad values exit with status 2 and the field's message.
+Each field `foo_bar` becomes `--foo-bar`; ALIASES adds other names, SGLang's launch flags among them
+(`--mem-fraction-static`, `--max-total-tokens`, `--random-seed`, `--tp`), so an SGLang launch line runs unchanged
+where pairserve has the feature and exits 2 naming the flag where it has not. Booleans are switches (`--flag`, or
+`--flag/--no-flag` for a field that defaults to True). Optional fields (`int | None`) accept their type; tuple
+fields take one or more values. A flag left out keeps the dataclass default. Bad values exit with status 2 and
+the field's message.
 """
 from __future__ import annotations
 
@@ -16,8 +19,16 @@ from typing import Any, Sequence
 from engine.config import ServerArgs
 
 SKIPPED_FIELDS = frozenset({"extra"})  # free-form dict: not expressible as one flag
-ALIASES = types.MappingProxyType({"model_path": ("--model",), "tp_size": ("--tp",)})
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # what both logging and uvicorn accept
+# field → extra flag names. SGLang's: mem_fraction_static is the share of memory for static allocations (here the
+# KV pool: weights are not sized by a fraction), max_total_tokens the KV pool size in tokens.
+ALIASES = types.MappingProxyType({
+    "model_path": ("--model",),
+    "mem_fraction": ("--mem-fraction-static",),
+    "kv_cache_tokens": ("--max-total-tokens",),
+    "seed": ("--random-seed",),
+    "tp_size": ("--tp",),
+    "dp_size": ("--dp",),
+})
 
 
 def _scalar_type(annotation: Any) -> type:
@@ -41,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         names = (flag, *ALIASES.get(f.name, ()))
         typ = _scalar_type(hints[f.name])
         default = f.default
-        if typ is bool:
+        if typing.get_origin(typ) is tuple:
+            item = typing.get_args(typ)[0]
+            parser.add_argument(*names, dest=f.name, type=item, nargs="+", default=None,
+                                metavar=item.__name__.upper(), help=f"one or more (default: {default})")
+        elif typ is bool:
             action = argparse.BooleanOptionalAction if default else "store_true"
             parser.add_argument(*names, dest=f.name, action=action, default=None,
                                 help=f"(default: {default})")
@@ -57,10 +72,7 @@ def parse_server_args(argv: Sequence[str] | None = None) -> ServerArgs:
     ns = parser.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
     try:
-        args = ServerArgs(**given).validate()
-        if args.log_level.lower() not in LOG_LEVELS:
-            raise ValueError(f"log_level: must be one of {LOG_LEVELS} (got {args.log_level!r})")
-        return args
+        return ServerArgs(**given).validate()
     except ValueError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -59,6 +59,17 @@ def port_available(host: str, port: int) -> bool:
     return True
 
 
+def ready_line(host: str, port: int, model_name: str, api_key: str | None) -> str:
+    """The one line printed once the server accepts requests: its URL and a curl command that works as printed
+    (the key, if one is required, shows as $API_KEY rather than in the clear)."""
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    auth = ' -H "Authorization: Bearer $API_KEY"' if api_key else ""
+    body = ('{"model": "%s", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}'
+            % model_name.replace('"', '\\"'))
+    return (f"pairserve is ready on {url} (model {model_name!r}); try: curl {url}/v1/chat/completions"
+            f" -H 'Content-Type: application/json'{auth} -d '{body}'")
+
+
 class StartupInterrupted(Exception):
     """SIGTERM / SIGINT arrived before the server was ready."""
 
@@ -66,15 +77,18 @@ class StartupInterrupted(Exception):
 class _Server(uvicorn.Server):
     """uvicorn.Server that fails in-flight requests as soon as shutdown starts (not after they drain)."""
 
-    def __init__(self, config: uvicorn.Config, tm: TokenizerManager, stop_requested):
+    def __init__(self, config: uvicorn.Config, tm: TokenizerManager, stop_requested, ready_line: str):
         super().__init__(config)
         self.tm = tm
         self.stop_requested = stop_requested
+        self.ready_line = ready_line
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
         if self.stop_requested():  # a signal that arrived before uvicorn installed its handlers
             self.should_exit = True
+        elif self.started:
+            logger.info("%s", self.ready_line)
 
     async def shutdown(self, sockets=None) -> None:
         self.tm.fail_all(503, "the server is shutting down")
@@ -85,7 +99,7 @@ class Launcher:
     def __init__(self, args, model_path: str):
         self.args = args
         self.model_path = model_path
-        self.served_model_name = args.served_model_name or default_served_model_name(args.model_path)
+        self.served_model_names = args.served_model_name or (default_served_model_name(args.model_path),)
         self.addrs = IpcAddresses.create(args.port)
         self.procs: dict[str, mp.Process] = {}
         self.tm: TokenizerManager | None = None
@@ -135,21 +149,21 @@ class Launcher:
     async def serve(self) -> int:
         from engine.models.loader import load_tokenizer
 
-        self.tm = TokenizerManager(self.addrs, ServerMetrics(self.served_model_name), self.args)
+        self.tm = TokenizerManager(self.addrs, ServerMetrics(self.served_model_names[0]), self.args)
         self.start_children()
-        self.tm.tokenizer = load_tokenizer(self.model_path)  # while the children load
+        self.tm.tokenizer = load_tokenizer(self.model_path, self.args.chat_template)  # while the children load
         await self.tm.wait_ready(set(self.procs), self.check_alive, CHILD_READY_TIMEOUT_S)
         self.check_alive()
         pids = {name: p.pid for name, p in self.procs.items()}
-        app = build_app(self.tm, self.args, self.served_model_name, pids)
+        app = build_app(self.tm, self.args, self.served_model_names, pids, model_path=self.model_path)
         config = uvicorn.Config(app, host=self.args.host, port=self.args.port, loop="uvloop",
                                 log_level=self.args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                                 access_log=self.args.log_level == "debug")
-        server = _Server(config, self.tm, lambda: self.stop_signal is not None)
+        server = _Server(config, self.tm, lambda: self.stop_signal is not None,
+                         ready_line(self.args.host, self.args.port, self.served_model_names[0], self.args.api_key))
         recv_task = asyncio.create_task(self.tm.recv_loop())
         watch_task = asyncio.create_task(self.watchdog(server, recv_task))
-        logger.info("serving %s on http://%s:%d (scheduler pid %d, detokenizer pid %d)", self.served_model_name,
-                    self.args.host, self.args.port, pids["scheduler"], pids["detokenizer"])
+        logger.debug("scheduler pid %d, detokenizer pid %d", pids["scheduler"], pids["detokenizer"])
         try:
             await server.serve()
         finally:
@@ -194,11 +208,13 @@ class Launcher:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_server_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from engine.models.loader import resolve_model_path
+    from engine.models.loader import read_chat_template, resolve_model_path
 
     try:
         model_path = resolve_model_path(args.model_path)
-    except FileNotFoundError as e:
+        if args.chat_template is not None:
+            read_chat_template(args.chat_template)  # fail before any child starts
+    except (FileNotFoundError, ValueError) as e:
         print(f"python -m server: error: {e}", file=sys.stderr)
         return 2
     if not port_available(args.host, args.port):

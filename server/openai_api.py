@@ -1,13 +1,16 @@
 """`/v1/completions` and `/v1/chat/completions`: OpenAI request bodies → engine requests → OpenAI responses.
 
-Sampling: max_tokens (chat also max_completion_tokens) → max_new_tokens, temperature, top_p, seed, stop, plus
-the SGLang extras top_k, min_p, ignore_eos, stop_token_ids, skip_special_tokens, no_stop_trim at the top level.
-max_tokens defaults to 16 for completions (as OpenAI) and to the rest of the context for chat; an explicit
-value that does not fit the context is a 400. Parameters we do not implement (logprobs, echo, penalties, tools,
-...) are rejected with 400 when set to anything but their neutral value, never silently ignored.
+Sampling: max_tokens (or max_completion_tokens, on both routes) → max_new_tokens, temperature, top_p, seed
+(sampling_seed), stop, plus the SGLang extras top_k, min_p, ignore_eos, stop_token_ids, skip_special_tokens,
+no_stop_trim at the top level. max_tokens defaults to 16 for completions (as OpenAI) and to the rest of the context
+for chat; an explicit value that does not fit the context is a 400. Every other field is screened by
+server.api_fields (honored / documented no-op / 400 naming it; unknown fields are logged as ignored).
 
 Extension: `icl` (engine.icl) in a chat request replaces `messages` (omit them or send []); the engine renders
-and refines the prompt, and each choice carries `meta_info` with `icl_order` and `icl_substituted`.
+and refines the prompt, and each choice carries `meta_info` with `icl_order` and `icl_substituted`. Messages in
+InferLog's exact four-message layout (engine.pair.render.icl_from_messages) are served as that icl request too,
+with the server's --pair-policy: the prompt text is the same, and PAIR works behind routers that forward messages
+only (sglang-router).
 
 n > 1 is served by submitting n engine requests per prompt (choice index = prompt_index * n + j); with a seed,
 choice j samples with seed + j so the choices differ. usage counts each prompt (and its cached tokens) once.
@@ -18,12 +21,13 @@ import dataclasses
 import json
 import time
 import uuid
-from types import MappingProxyType
 from typing import Any, AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from engine.pair.render import icl_from_messages
+from server.api_fields import CHAT_FIELDS, COMPLETION_FIELDS, screen
 from server.errors import APIError, from_value_error
 from server.request_group import ReqEvent, ReqResult, RequestGroup
 from server.tokenizer_manager import TokenizerManager
@@ -31,12 +35,6 @@ from server.tokenizer_manager import TokenizerManager
 MAX_N = 16
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 SGLANG_EXTRAS = ("top_k", "min_p", "ignore_eos", "stop_token_ids", "skip_special_tokens", "no_stop_trim")
-# parameter → the values that mean "off"; anything else asks for a feature we do not have.
-UNSUPPORTED = MappingProxyType({
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "suffix": (None, ""),
-    "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
-    "tools": (None, []), "functions": (None, []), "response_format": (None, {"type": "text"}),
-})
 
 
 def sse(obj: Any) -> str:
@@ -51,24 +49,35 @@ def finish_reason_name(reason: dict | None) -> str | None:
 
 
 class OpenAIHandler:
-    def __init__(self, tm: TokenizerManager, served_model_name: str):
+    def __init__(self, tm: TokenizerManager, served_model_names: tuple[str, ...]):
         self.tm = tm
-        self.model_name = served_model_name
+        self.model_names = served_model_names
 
     # --- parsing --------------------------------------------------------------------------------------
-    def _check_common(self, body: dict) -> tuple[int, bool, bool]:
-        """Validate model / unsupported params / n / stream; return (n, stream, include_usage)."""
+    def _request_id(self, body: dict, prefix: str) -> str:
+        """The response id: the client's SGLang `rid` when it sent one, else a fresh `<prefix>-<hex>`."""
+        rid = body.get("rid")
+        if rid is None:
+            return f"{prefix}-{uuid.uuid4().hex}"
+        if not isinstance(rid, str) or not rid:
+            raise APIError(400, "rid: must be a non-empty string", param="rid")
+        return rid
+
+    def _model(self, body: dict) -> str:
+        """The served name the request asked for (responses echo it), or the first; 404 for another model."""
         model = body.get("model")
-        if model is not None and model != self.model_name:
-            raise APIError(404, f"model: {model!r} does not exist; this server serves {self.model_name!r}",
+        if model is None:
+            return self.model_names[0]
+        if model not in self.model_names:
+            raise APIError(404, f"model: {model!r} does not exist; this server serves {list(self.model_names)}",
                            param="model", code="model_not_found")
-        for key, neutral in UNSUPPORTED.items():
-            if not _is_neutral(body.get(key), neutral):
-                raise APIError(400, f"{key}: not supported by this server", param=key)
+        return model
+
+    def _check_common(self, body: dict, chat: bool, rid: str) -> tuple[int, bool, bool]:
+        """Screen the fields (server.api_fields), validate n / stream; return (n, stream, include_usage)."""
+        screen(body, CHAT_FIELDS if chat else COMPLETION_FIELDS, rid)
         n = body.get("n")
         n = 1 if n is None else n
-        if body.get("best_of") not in (None, 1, n):
-            raise APIError(400, "best_of: not supported by this server", param="best_of")
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
             raise APIError(400, f"n: must be an integer in [1, {MAX_N}] (got {n!r})", param="n")
         stream = body.get("stream", False) if body.get("stream") is not None else False
@@ -90,7 +99,19 @@ class OpenAIHandler:
         for key in ("temperature", "top_p", "seed", "stop", *SGLANG_EXTRAS):
             if body.get(key) is not None:
                 sp[key] = body[key]
+        if body.get("sampling_seed") is not None:  # SGLang's name
+            if sp.setdefault("seed", body["sampling_seed"]) != body["sampling_seed"]:
+                raise APIError(400, "sampling_seed: conflicts with seed", param="sampling_seed")
         return sp
+
+    @staticmethod
+    def _max_tokens(body: dict) -> Any:
+        """max_completion_tokens (OpenAI's newer name) or max_tokens; both given must agree."""
+        new, old = body.get("max_completion_tokens"), body.get("max_tokens")
+        if new is not None and old is not None and new != old:
+            raise APIError(400, "max_completion_tokens: conflicts with max_tokens; send one",
+                           param="max_completion_tokens")
+        return old if new is None else new
 
     def _finalize(self, inputs: list, explicit_max: bool, default_max: int | None, n: int) -> list:
         """Fix max_new_tokens against the context and expand each prompt into n requests."""
@@ -108,26 +129,28 @@ class OpenAIHandler:
         return out
 
     async def _prepare(self, body: dict, prompt_param: str, max_tokens: Any, default_max: int | None, n: int,
-                       prompt=None, input_ids=None, icl=None) -> RequestGroup:
+                       rid: str, prompt=None, input_ids=None, icl=None) -> RequestGroup:
         try:
             inputs, _ = await self.tm.tokenize(prompt=prompt, input_ids=input_ids,
                                                sampling_params=self._sampling(body, max_tokens), icl=icl)
             inputs = self._finalize(inputs, max_tokens is not None, default_max, n)
         except ValueError as e:
             raise from_value_error(e, openai_names=True, prompt_param=prompt_param) from None
-        return self.tm.submit(inputs)
+        return self.tm.submit(inputs, [rid] * len(inputs))
 
     # --- routes ---------------------------------------------------------------------------------------
     async def completions(self, body: dict, request: Request):
-        n, stream, include_usage = self._check_common(body)
+        rid = self._request_id(body, "cmpl")
+        model = self._model(body)
+        n, stream, include_usage = self._check_common(body, False, rid)
         prompt = body.get("prompt")
         if prompt is None:
             raise APIError(400, "prompt: missing", param="prompt")
         ids_like = isinstance(prompt, list) and bool(prompt) and (
             all(isinstance(t, int) for t in prompt) or all(isinstance(p, list) for p in prompt))
-        group = await self._prepare(body, "prompt", body.get("max_tokens"), COMPLETION_DEFAULT_MAX_TOKENS, n,
+        group = await self._prepare(body, "prompt", self._max_tokens(body), COMPLETION_DEFAULT_MAX_TOKENS, n, rid,
                                     prompt=None if ids_like else prompt, input_ids=prompt if ids_like else None)
-        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_name}
+        meta = {"id": rid, "created": int(time.time()), "model": model}
         if stream:
             return StreamingResponse(self._stream(group, meta, n, include_usage, chat=False),
                                      media_type="text/event-stream")
@@ -137,7 +160,9 @@ class OpenAIHandler:
         return JSONResponse({**meta, "object": "text_completion", "choices": choices, "usage": usage(results, n)})
 
     async def chat(self, body: dict, request: Request):
-        n, stream, include_usage = self._check_common(body)
+        rid = self._request_id(body, "chatcmpl")
+        model = self._model(body)
+        n, stream, include_usage = self._check_common(body, True, rid)
         icl = body.get("icl")
         text = None
         if icl is not None:
@@ -145,16 +170,10 @@ class OpenAIHandler:
             if body.get("messages"):
                 raise APIError(400, "icl: cannot be combined with non-empty messages", param="icl")
         else:
-            try:
-                text = await self.tm.render_chat(chat_messages(body))
-            except ValueError as e:
-                raise from_value_error(e, openai_names=True, prompt_param="messages") from None
-        max_tokens = body.get("max_completion_tokens")
-        if max_tokens is None:
-            max_tokens = body.get("max_tokens")
-        group = await self._prepare(body, "icl" if icl is not None else "messages", max_tokens, None, n,
-                                    prompt=text, icl=icl)
-        meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_name}
+            text, icl = await self._render_messages(body)
+        group = await self._prepare(body, "icl" if icl is not None else "messages", self._max_tokens(body), None,
+                                    n, rid, prompt=text, icl=icl)
+        meta = {"id": rid, "created": int(time.time()), "model": model}
         if stream:
             return StreamingResponse(self._stream(group, meta, n, include_usage, chat=True),
                                      media_type="text/event-stream")
@@ -163,6 +182,24 @@ class OpenAIHandler:
                     "finish_reason": finish_reason_name(r.finish_reason), **_meta_extension(r)}
                    for i, r in enumerate(results)]
         return JSONResponse({**meta, "object": "chat.completion", "choices": choices, "usage": usage(results, n)})
+
+    async def _render_messages(self, body: dict) -> tuple[str | None, dict | None]:
+        """(prompt text, None), or (None, icl) for messages in InferLog's layout asked for plainly."""
+        messages = chat_messages(body)
+        continue_final = body.get("continue_final_message") or False
+        kwargs = body.get("chat_template_kwargs") or {}
+        if not isinstance(continue_final, bool):
+            raise APIError(400, "continue_final_message: must be a boolean", param="continue_final_message")
+        if not isinstance(kwargs, dict):
+            raise APIError(400, "chat_template_kwargs: must be an object", param="chat_template_kwargs")
+        if not continue_final and not kwargs:
+            icl = icl_from_messages(messages)
+            if icl is not None:
+                return None, icl
+        try:
+            return await self.tm.render_chat(messages, continue_final, kwargs), None
+        except ValueError as e:
+            raise from_value_error(e, openai_names=True, prompt_param="messages") from None
 
     # --- streaming ------------------------------------------------------------------------------------
     async def _stream(self, group: RequestGroup, meta: dict, n: int, include_usage: bool,
@@ -204,15 +241,6 @@ class OpenAIHandler:
             yield SSE_DONE
         finally:
             group.abort()
-
-
-def _is_neutral(value: Any, neutral: tuple) -> bool:
-    """True when `value` leaves the feature off (bools only match bools: `"echo": 0` is not `False`)."""
-    if value is None:
-        return True
-    if isinstance(value, bool):
-        return any(isinstance(v, bool) and v == value for v in neutral)
-    return any(v is not None and not isinstance(v, bool) and v == value for v in neutral)
 
 
 def _meta_extension(r: ReqResult) -> dict[str, Any]:

@@ -52,9 +52,10 @@ class ReqResult:
 class RequestGroup:
     """The engine requests behind one HTTP request (prompts × n); their events share one queue."""
 
-    def __init__(self, manager: "TokenizerManager", rids: list[str]):
+    def __init__(self, manager: "TokenizerManager", rids: list[str], public_ids: list[str] | None = None):
         self.manager = manager
         self.rids = rids
+        self.public_ids = list(rids) if public_ids is None else public_ids  # what the client calls each request
         self.queue: asyncio.Queue[ReqEvent] = asyncio.Queue()
         self.finished = [False] * len(rids)
         self.created = time.monotonic()

@@ -101,9 +101,29 @@ class TokenizerManager:
         return await asyncio.get_running_loop().run_in_executor(
             self.worker, self._tokenize, prompt, input_ids, sampling_params, icl)
 
-    async def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        """The chat template applied to `messages` (on the worker thread); ValueError naming 'messages'."""
-        return await asyncio.get_running_loop().run_in_executor(self.worker, self._apply_chat_template, messages)
+    async def render_chat(self, messages: list[dict[str, Any]], continue_final_message: bool = False,
+                          template_kwargs: dict[str, Any] | None = None) -> str:
+        """The chat template applied to `messages` (on the worker thread); ValueError naming 'messages'.
+
+        continue_final_message: the last (assistant) message stays open for the model to continue, instead of a
+        new assistant turn being opened. template_kwargs: extra variables for the template (tools among them)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.worker, self._apply_chat_template, messages, continue_final_message, template_kwargs or {})
+
+    async def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        """`text`'s token ids (on the worker thread, which owns the tokenizer)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.worker, lambda: list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens)))
+
+    async def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+        """The text of token ids (on the worker thread); ValueError naming 'tokens' for ids outside the vocab."""
+        def run() -> str:
+            vocab = len(self.tokenizer)
+            if any(t < 0 or t >= vocab for t in ids):
+                raise ValueError(f"tokens: token id out of range [0, {vocab})")
+            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+        return await asyncio.get_running_loop().run_in_executor(self.worker, run)
 
     def _tokenize(self, prompt, input_ids, sampling_params, icl):
         from engine.pair.render import SegmentEncoder
@@ -116,19 +136,27 @@ class TokenizerManager:
                                     icl=icl, encoder=self._segment_encoder)
         return normalize_inputs(self.tokenizer, prompt, input_ids, sampling_params, self.context_len)
 
-    def _apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+    def _apply_chat_template(self, messages: list[dict[str, Any]], continue_final_message: bool,
+                             template_kwargs: dict[str, Any]) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("messages: this model has no chat template; use /v1/completions")
+        if continue_final_message and messages[-1].get("role") != "assistant":
+            raise ValueError("continue_final_message: the last message must be the assistant's")
         try:
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=not continue_final_message, tokenize=False,
+                continue_final_message=continue_final_message, **template_kwargs)
         except Exception as e:  # template errors are the client's messages not fitting the template
             raise ValueError(f"messages: the chat template rejected them ({e})") from None
 
-    def submit(self, inputs: list) -> RequestGroup:
-        """Queue validated RequestInputs (engine.request_input) as one group; 503 once the engine is gone."""
+    def submit(self, inputs: list, public_ids: list[str] | None = None) -> RequestGroup:
+        """Queue validated RequestInputs (engine.request_input) as one group; 503 once the engine is gone.
+
+        `public_ids`: the id a client knows each request by (its `rid`, or the response id), for
+        /abort_request and logs; default the engine rids."""
         if self.dead_reason is not None:
             raise APIError(self.dead_status, self.dead_reason)
-        group = RequestGroup(self, [inp.rid for inp in inputs])
+        group = RequestGroup(self, [inp.rid for inp in inputs], public_ids)
         now = time.monotonic()
         for index, inp in enumerate(inputs):
             self.states[inp.rid] = _ReqState(group, index, now)
@@ -139,6 +167,17 @@ class TokenizerManager:
     def abort(self, rid: str) -> None:
         if self.states.pop(rid, None) is not None and self.dead_reason is None:
             send(self.to_scheduler, AbortReq(rid))
+
+    def abort_request(self, rid: str | None, abort_all: bool = False) -> int:
+        """SGLang's /abort_request: end the requests whose public id or engine rid is `rid` (or every request
+        with `abort_all`) as finished with reason abort, and free them in the scheduler. Returns how many."""
+        matched = [(r, st) for r, st in self.states.items()
+                   if abort_all or r == rid or st.group.public_ids[st.index] == rid]
+        reason = {"type": "abort", "matched": None, "message": "aborted by /abort_request"}
+        for r, st in matched:
+            st.group.queue.put_nowait(ReqEvent(st.index, "", [], True, reason, 0, 0, 0, None, None))
+            self.abort(r)
+        return len(matched)
 
     # --- control requests -----------------------------------------------------------------------------
     async def _ask(self, make_msg: Callable[[int], Any]) -> Any:

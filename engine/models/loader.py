@@ -123,7 +123,23 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu", tp=None) -> 
     return model, cfg
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, chat_template: str | None = None):
+    """The checkpoint's tokenizer; `chat_template` (a Jinja file's path, --chat-template) replaces its template.
+
+    ValueError names `chat_template` when that file is missing. Nothing in the checkpoint is executed
+    (no trust_remote_code): only tokenizer files are read."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    template = read_chat_template(chat_template) if chat_template is not None else None
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if template is not None:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
+def read_chat_template(path: str) -> str:
+    """The text of a --chat-template file; ValueError naming the flag if it is not a file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"chat_template: {path!r} is not a file (give the path of a Jinja template)")
+    with open(path, encoding="utf-8") as f:
+        return f.read()

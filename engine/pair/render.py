@@ -104,6 +104,43 @@ def render_messages(icl: dict) -> list[dict]:
     ]
 
 
+_BLOCK_PREFIX, _BLOCK_MID = "Log message: `", "`\nLog template: `"
+
+
+def icl_from_messages(messages: Sequence[dict]) -> dict | None:
+    """The icl dict whose `render_messages` are exactly `messages` (InferLog's four-message layout, as a client
+    sends it through /v1/chat/completions or a router that forwards only messages), else None.
+
+    Exact: the examples are re-rendered and must reproduce the user message character for character, so a
+    recognised chat renders to the same prompt text as the messages would. `refine` is left None (the server's
+    --pair-policy decides)."""
+    if len(messages) != 4 or [m.get("role") for m in messages] != ["system", "user", "assistant", "user"]:
+        return None
+    system, examples_msg, ack, query_msg = (m.get("content") for m in messages)
+    if not all(isinstance(c, str) for c in (system, examples_msg, ack, query_msg)) or ack != ACK:
+        return None
+    if not (query_msg.startswith(_BLOCK_PREFIX) and query_msg.endswith("`")) or len(query_msg) <= len(_BLOCK_PREFIX) + 1:
+        return None
+    if not examples_msg.startswith(EXAMPLES_HEADER):
+        return None
+    examples, rest = [], examples_msg[len(EXAMPLES_HEADER):]
+    while rest:
+        # One block: "Log message: `x`\nLog template: `t`\n"; x and t may hold backticks, so split at the
+        # separators and let the exact re-rendering below reject an ambiguous split.
+        if not rest.startswith(_BLOCK_PREFIX):
+            return None
+        mid = rest.find(_BLOCK_MID)
+        end = rest.find("`\n", mid + len(_BLOCK_MID)) if mid >= 0 else -1
+        if end < 0:
+            return None
+        examples.append({"input": rest[len(_BLOCK_PREFIX):mid], "output": rest[mid + len(_BLOCK_MID):end]})
+        rest = rest[end + 2:]
+    if not examples or len(examples) > MAX_EXAMPLES:
+        return None
+    icl = {"instruction": system, "examples": examples, "query": query_msg[len(_BLOCK_PREFIX):-1], "refine": None}
+    return icl if render_messages(icl) == [dict(m) for m in messages] else None
+
+
 class SegmentEncoder:
     """Memoised `tokenizer.encode` for the segments that recur: the head (instruction + header) and example
     blocks, which a log-parsing stream sends again and again (its 200-line candidate pool supplies every

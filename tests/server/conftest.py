@@ -158,3 +158,17 @@ def start_server(tiny_model_dir, tmp_path):
     yield start
     for h in handles:
         h.stop()
+
+
+@pytest.fixture(scope="module")
+def start_module_server(tiny_model_dir, tmp_path_factory):
+    """`start_server` for servers a whole test module shares; stopped when the module is done."""
+    handles: list[ServerHandle] = []
+
+    def start(*flags: str, api_key: str | None = None) -> ServerHandle:
+        handles.append(_launch(tiny_model_dir, tmp_path_factory.mktemp("module-server"), flags, api_key))
+        return handles[-1]
+
+    yield start
+    for h in handles:
+        h.stop()
