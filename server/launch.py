@@ -214,6 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_path = resolve_model_path(args.model_path)
         if args.chat_template is not None:
             read_chat_template(args.chat_template)  # fail before any child starts
+        if args.tp_size > 1:  # the model must split tp_size ways: say so before any process starts
+            from engine.config import ModelConfig
+            from engine.distributed.sharding import check_tp_size
+
+            check_tp_size(ModelConfig.from_hf(model_path), args.tp_size)
     except (FileNotFoundError, ValueError) as e:
         print(f"python -m server: error: {e}", file=sys.stderr)
         return 2

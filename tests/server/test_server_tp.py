@@ -43,3 +43,16 @@ def test_dead_tp_rank_gives_503_and_the_server_exits(start_server):
     except httpx.TransportError:  # the server may already be gone by the time the request lands
         pass
     assert srv.wait_exit(30) == 1
+
+
+def test_tp_size_the_model_cannot_split_exits_2_at_startup(tiny_model_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    for tp, needle in (("3", "tp_size: 3 does not divide the model's 4 attention heads"),
+                       ("8", "tp_size: 8 is larger than the model's 4 attention heads")):
+        res = subprocess.run([sys.executable, "-m", "server", "--model", tiny_model_dir, "--tp", tp], cwd=repo,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and needle in res.stderr, res.stderr
