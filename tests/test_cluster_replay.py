@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from bench.cluster_replay import ClusterReplay, simulate_cluster
-from bench.replay import CacheReplay
-from bench.routing import BalanceGuard, CacheAwareRouter, RoundRobinRouter
+from bench.cachesim.cluster import ClusterReplay, simulate_cluster
+from bench.cachesim.replay import CacheReplay
+from bench.cachesim.routing import BalanceGuard, CacheAwareRouter, RoundRobinRouter
 from bench.tracegen import shared_prompt_trace
-from bench.units import to_units
+from bench.cachesim.units import to_units
 from engine.kv_events import block_hash
 from tests.kv_event_subscriber import tree_block_hashes
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.model_paths import resolve_model
+from bench.common.model_paths import resolve_model
 from bench.scaleout.fleet import start_replicas, start_router
 from bench.scaleout.stream import StreamRequest, build_stream
 from engine.config import DTYPES, EVICTION_POLICIES

@@ -1,4 +1,4 @@
-"""The log-parsing stream bench.scaleout sends: InferLog's per-system streams (bench.logparse.build_requests),
+"""The log-parsing stream bench.scaleout sends: InferLog's per-system streams (bench.logparse.stream.build_requests),
 interleaved at random across systems (each system keeps its stream order), as chat bodies in InferLog's
 four-message layout, which pairserve serves as `icl` requests (PAIR refines them under its --pair-policy).
 A router forwards only the messages, so this is the one request form that reaches PAIR through it."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from bench.logparse import build_requests
+from bench.logparse.stream import build_requests
 from engine.pair.render import render_messages
 
 
