@@ -99,8 +99,7 @@ class ModelRunner:
             last.append(len(positions) - 1)
         fb = ForwardBatch(
             mode=batch.mode, batch_size=batch.batch_size,
-            req_pool_indices=self._tensor(StepMeta.from_batch(batch).req_pool_indices
-                                          if isinstance(batch, ScheduledBatch) else batch.req_pool_indices),
+            req_pool_indices=self._tensor(batch.req_pool_indices),
             seq_lens=self._tensor(seq_lens), prefix_lens=self._tensor(batch.prefix_lens),
             extend_lens=self._tensor(batch.extend_lens), extend_start_loc=self._tensor(starts),
             positions=self._tensor(positions), out_cache_loc=self._tensor(batch.out_cache_loc),

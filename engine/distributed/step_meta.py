@@ -39,7 +39,7 @@ class StepMeta:
     @classmethod
     def from_batch(cls, batch: ScheduledBatch) -> "StepMeta":
         return cls(batch.mode, batch.num_extend, batch.input_ids, batch.prefix_lens, batch.extend_lens,
-                   batch.out_cache_loc, [r.req_pool_idx for r in batch.reqs], batch.table_writes)
+                   batch.out_cache_loc, batch.req_pool_indices, batch.table_writes)
 
     def encode(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(header [HEADER_LEN], body [L]) int64 tensors on the CPU."""
