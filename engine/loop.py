@@ -36,9 +36,13 @@ class EngineLoop:
         self.runner = ModelRunner(args, model_path)
         self.tokenizer = tokenizer
         self.context_len = self.runner.context_len
-        self.scheduler = Scheduler(args, self.runner.num_slots, self.context_len, self._decode_tail)
-        # --kv-events-config: the tree's changes go out as vLLM KV events, one batch per step; close() ends it
-        self.kv_events = open_kv_event_stream(args.kv_events, self.scheduler.kv.tree)
+        try:
+            self.scheduler = Scheduler(args, self.runner.num_slots, self.context_len, self._decode_tail)
+            # --kv-events-config: the tree's changes go out as vLLM KV events, one batch per step; close() ends it
+            self.kv_events = open_kv_event_stream(args.kv_events, self.scheduler.kv.tree)
+        except BaseException:
+            self.runner.close()  # tensor-parallel workers must not outlive a failed start
+            raise
         self.eos_token_ids = self._eos_ids(tokenizer)
         self._rng = random.Random(args.seed)
         self.failed_steps = 0  # consecutive steps whose forward raised (their requests were aborted)
