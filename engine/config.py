@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.kv_events.config import KVEventsConfig, parse_kv_events_config
 from engine.radix_cache.eviction import eviction_policy_names
 
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
@@ -72,6 +73,9 @@ class ServerArgs:
     # tracing: record finished requests as a prefix-cache trace (hashes only; engine/trace_recorder.py)
     trace_file: str | None = None
     trace_block_size: int = 16  # prompt tokens per recorded block hash
+    # KV events in vLLM's format over ZMQ, one block per radix page (JSON of vLLM's KVEventsConfig keys;
+    # engine/kv_events/config.py)
+    kv_events_config: str | None = None
     # server
     host: str = "127.0.0.1"
     port: int = 30000
@@ -83,7 +87,7 @@ class ServerArgs:
     log_level: str = "info"
     log_requests: bool = False  # log each request's id, lengths and timings when it finishes
     enable_metrics: bool = True  # GET /metrics (Prometheus); --no-enable-metrics turns the route off
-    tp_size: int = 1
+    tp_size: int = 1  # tensor-parallel ranks, one process each (engine/distributed/); checked against the model at load
     dp_size: int = 1  # data parallelism: run one server per replica behind sglang-router instead
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -150,8 +154,9 @@ class ServerArgs:
             bad("api_key_file", "must be a non-empty path or None")
         if not 0 <= self.shutdown_drain_seconds <= 3600:
             bad("shutdown_drain_seconds", "must be in [0, 3600]")
-        if self.tp_size != 1:
-            bad("tp_size", "only 1 is supported (single device)")
+        parse_kv_events_config(self.kv_events_config)  # ValueError naming kv_events_config and the key
+        if type(self.tp_size) is not int or self.tp_size < 1:
+            bad("tp_size", "must be an integer >= 1 (ranks of tensor parallelism)")
         if self.dp_size != 1:
             bad("dp_size", "only 1 is supported: run one server per replica behind sglang-router")
         names = self.served_model_name
@@ -171,6 +176,10 @@ class ServerArgs:
         if unknown:
             raise ValueError(f"{sorted(unknown)[0]}: unknown flag")
         return dataclasses.replace(self, **changes).validate()
+
+    @property
+    def kv_events(self) -> KVEventsConfig | None:
+        return parse_kv_events_config(self.kv_events_config)
 
     @property
     def effective_chunk_size(self) -> int:

@@ -288,6 +288,8 @@ class Engine:
             self._closed = True
             self._cv.notify_all()
         self._thread.join()
+        if self.loop is not None:
+            self.loop.close()
         if self.recorder is not None:
             self.recorder.close()
 

@@ -17,6 +17,7 @@ from engine.config import ServerArgs
 from engine.grammar import GrammarBackend
 from engine.knobs import LIVE_KNOBS, apply_knobs
 from engine.logprob_options import LogprobOptions
+from engine.kv_events.publisher import open_kv_event_stream
 from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from engine.pair.refiner import ANONYMOUS_TENANT
@@ -40,7 +41,13 @@ class EngineLoop:
         self.runner = ModelRunner(args, model_path)
         self.tokenizer = tokenizer
         self.context_len = self.runner.context_len
-        self.scheduler = Scheduler(args, self.runner.num_slots, self.context_len, self._decode_tail)
+        try:
+            self.scheduler = Scheduler(args, self.runner.num_slots, self.context_len, self._decode_tail)
+            # --kv-events-config: the tree's changes go out as vLLM KV events, one batch per step; close() ends it
+            self.kv_events = open_kv_event_stream(args.kv_events, self.scheduler.kv.tree)
+        except BaseException:
+            self.runner.close()  # tensor-parallel workers must not outlive a failed start
+            raise
         self.eos_token_ids = self._eos_ids(tokenizer)
         self._rng = random.Random(args.seed)
         self.failed_steps = 0  # consecutive steps whose forward raised (their requests were aborted)
@@ -76,6 +83,8 @@ class EngineLoop:
         sampling.validate()
         if logprob is not None:
             logprob.check_prompt(len(input_ids))
+            if logprob.wants_input and self.args.tp_size > 1:  # worker ranks compute last-token logits only
+                raise ValueError("logprob_start_len: prompt logprobs are not available with tp_size > 1")
         if priority is not None:
             if isinstance(priority, bool) or not isinstance(priority, int):
                 raise ValueError(f"priority: must be an integer (got {priority!r})")
@@ -108,6 +117,23 @@ class EngineLoop:
         return self.scheduler.has_work()
 
     def step(self) -> list[StepOutput]:
+        outputs = self._step()
+        if self.kv_events is not None:
+            self.kv_events.flush()
+        return outputs
+
+    def close(self) -> None:
+        """Publish the last KV events, close the publisher, stop the other tensor-parallel ranks and the grammar
+        compiler thread. Idempotent."""
+        if self.kv_events is not None:
+            self.kv_events.close()
+            self.kv_events = None
+        if self._grammar_backend is not None:
+            self._grammar_backend.shutdown()
+            self._grammar_backend = None
+        self.runner.close()
+
+    def _step(self) -> list[StepOutput]:
         batch = self.last_batch = self.scheduler.schedule()
         try:
             result = self.runner.run(batch) if batch is not None else None
@@ -189,6 +215,8 @@ class EngineLoop:
             return False
         if self.scheduler.kv.tree is not None:
             self.scheduler.kv.tree.reset()
+        if self.kv_events is not None:
+            self.kv_events.flush()
         return True
 
     def update_config(self, knobs: dict[str, Any]) -> dict[str, Any]:

@@ -11,14 +11,18 @@ from engine.attention.registry import create_backend
 from engine.attention.cpu_backend import CpuBackend
 from engine.config import ModelConfig, ServerArgs
 from engine.cpu_runtime import keep_freed_memory
+from engine.distributed.comm import TPContext, rank_device
+from engine.distributed.launcher import TPWorkers
+from engine.distributed.sharding import check_tp_size, shard_config
+from engine.distributed.step_meta import HEADER_LEN, OP_STOP, StepMeta, stop_header
 from engine.memory import KVPool, plan_kv_slots
 from engine.kernels.cpu.rmsnorm import DTYPES as RMSNORM_DTYPES
 from engine.kernels.cpu.rmsnorm import CpuRMSNorm
 from engine.kernels.cpu.rotary import CpuRotary
 from engine.models.layers import use_rmsnorm_kernel, use_rotary_kernel
-from engine.models.loader import DTYPES, load_model, resolve_dtype
+from engine.models.loader import DTYPES, load_model, model_config, resolve_dtype
 from engine.logit_processor import LogitProcessor
-from engine.logprobs import StepLogprobs, plan_logit_rows
+from engine.logprobs import LogitRows, StepLogprobs, plan_logit_rows
 from engine.sampling import SamplingBatch, sample
 from engine.scheduler.batch import RowLogprobs, ScheduledBatch
 
@@ -30,42 +34,72 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, args: ServerArgs, model_path: str, progress: bool = True):
+    """Loads the model and its KV pool and runs steps. With tp_size > 1 it is one rank of a tensor-parallel
+    group: rank 0 (tp_rank=0, the engine's process) starts the other ranks and broadcasts each step to them
+    before running it; a worker rank (engine/distributed/worker.py) runs `serve_one_step` in a loop."""
+
+    def __init__(self, args: ServerArgs, model_path: str, tp_rank: int = 0, tp_init_method: str | None = None,
+                 progress: bool = True):
         """`progress`: a tqdm bar over the checkpoint's tensors while loading (shown on a terminal only)."""
         self.args = args
-        self.device = args.device
         if args.num_threads:
             torch.set_num_threads(args.num_threads)
         if args.device == "cpu":
             keep_freed_memory()
         self.dtype = resolve_dtype(args.dtype, args.device)  # "auto" → what this hardware computes natively
+        self.tp, self.tp_workers = None, None
+        if args.tp_size > 1:
+            check_tp_size(model_config(model_path), args.tp_size)  # a clear error before any process starts
+            if tp_rank == 0:
+                self.tp_workers = TPWorkers(args, model_path)
+                tp_init_method = self.tp_workers.init_method
+            try:
+                self.tp = TPContext(tp_rank, args.tp_size, tp_init_method, args.device)
+            except BaseException:
+                self.close()
+                raise
+        self.device = rank_device(args.device, tp_rank) if self.tp else args.device
+        try:
+            self._load(model_path, progress and tp_rank == 0)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, model_path: str, progress: bool) -> None:
+        args = self.args
         self.model, self.model_config = load_model(
-            model_path, self.dtype, args.device, load_format=args.load_format, quantization=args.quantization,
-            quant_group_size=args.quant_group_size, quantize_lm_head=args.quantize_lm_head, seed=args.seed,
-            progress=progress)
+            model_path, self.dtype, self.device, tp=self.tp, load_format=args.load_format,
+            quantization=args.quantization, quant_group_size=args.quant_group_size,
+            quantize_lm_head=args.quantize_lm_head, seed=args.seed, progress=progress)
         cfg: ModelConfig = self.model_config
+        shard = shard_config(cfg, args.tp_size)  # this rank's heads (the full model when tp_size is 1)
         self.context_len = min(args.context_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
         dtype = DTYPES[self.dtype]
-        per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype)
+        per_token = KVPool.bytes_per_token(cfg.num_layers, shard.num_kv_heads, shard.head_dim, dtype)
+        if self.tp is not None and self.device == "cpu":
+            per_token *= args.tp_size  # the ranks' pools share this host's memory
         self.num_slots = plan_kv_slots(args.kv_cache_tokens, args.mem_fraction, per_token, args.page_size,
                                        args.device)
-        self.kv_pool = KVPool(self.num_slots, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype, args.device)
+        if self.tp is not None:
+            self.num_slots = self.tp.broadcast_int(self.num_slots)  # rank 0's plan: slot ids must mean the same
+        self.kv_pool = KVPool(self.num_slots, cfg.num_layers, shard.num_kv_heads, shard.head_dim, dtype, self.device)
         self.max_reqs = args.max_running_requests + 1
-        self.req_to_token = torch.zeros((self.max_reqs, self.context_len), dtype=torch.int32, device=args.device)
-        self.attn_backend = create_backend(args.attention_backend, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                                           args.device)
+        self.req_to_token = torch.zeros((self.max_reqs, self.context_len), dtype=torch.int32, device=self.device)
+        self.attn_backend = create_backend(args.attention_backend, shard.num_heads, shard.num_kv_heads,
+                                           shard.head_dim, self.device)
         if isinstance(self.attn_backend, CpuBackend) and dtype in RMSNORM_DTYPES:  # its compiler builds this too
             use_rmsnorm_kernel(self.model, CpuRMSNorm())
             use_rotary_kernel(self.model, CpuRotary())  # the same dtypes
         self.sm_scale = cfg.head_dim ** -0.5
-        self.logit_processor = LogitProcessor(self.max_reqs, cfg.vocab_size, args.device)
+        self.logit_processor = LogitProcessor(self.max_reqs, cfg.vocab_size, self.device)
 
     def _tensor(self, data: list[int], dtype=torch.int64) -> torch.Tensor:
         return torch.tensor(data, dtype=dtype, device=self.device)
 
-    def build_forward_batch(self, batch: ScheduledBatch) -> tuple[torch.Tensor, ForwardBatch]:
+    def build_forward_batch(self, batch: ScheduledBatch | StepMeta) -> tuple[torch.Tensor, ForwardBatch]:
         """Tensors for one step. Also plans `self.logit_rows` (engine.logprobs.LogitRows): which token rows get
-        logits; `fb.logits_index` is set when prompt logprobs need more than the last tokens."""
+        logits; `fb.logits_index` is set when prompt logprobs need more than the last tokens (never under TP, whose
+        worker ranks see only the step's StepMeta: requests there cannot ask for prompt logprobs)."""
         rows, cols, slots = [], [], []  # one-slot writes (a decode step has one per request): one scatter
         for w in batch.table_writes:
             if len(w.slots) == 1:
@@ -83,11 +117,14 @@ class ModelRunner:
             starts.append(len(positions))
             positions.extend(range(p, p + e))
             last.append(len(positions) - 1)
-        self.logit_rows = plan_logit_rows(batch, starts, last)
+        if isinstance(batch, ScheduledBatch):
+            self.logit_rows = plan_logit_rows(batch, starts, last)
+        else:
+            self.logit_rows = LogitRows(None, list(range(batch.batch_size)), [None] * batch.batch_size)
         logits_index = None if self.logit_rows.index is None else self._tensor(self.logit_rows.index)
         fb = ForwardBatch(
             mode=batch.mode, batch_size=batch.batch_size,
-            req_pool_indices=self._tensor([r.req_pool_idx for r in batch.reqs]),
+            req_pool_indices=self._tensor(batch.req_pool_indices),
             seq_lens=self._tensor(seq_lens), prefix_lens=self._tensor(batch.prefix_lens),
             extend_lens=self._tensor(batch.extend_lens), extend_start_loc=self._tensor(starts),
             positions=self._tensor(positions), out_cache_loc=self._tensor(batch.out_cache_loc),
@@ -101,8 +138,23 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, batch: ScheduledBatch) -> torch.Tensor:
         """Logits (float32) of the rows `self.logit_rows` names: [B, vocab], one per request's last new token,
-        unless a request asked for prompt logprobs."""
+        unless a request asked for prompt logprobs. Under TP, rank 0 first sends the step to the other ranks; a
+        dead rank raises TPGroupDead (no step can run without it)."""
         batch.check()
+        if self.tp is None:
+            return self._forward(batch)
+        self.tp_workers.check_alive()
+        meta = StepMeta.from_batch(batch)
+        try:
+            header, body = meta.encode()
+            self.tp.broadcast(header.to(self.tp.device))
+            self.tp.broadcast(body.to(self.tp.device))
+            return self._forward(batch)
+        except Exception as e:
+            self.tp_workers.check_alive(wait_s=2.0)  # a collective fails when a peer dies: say which one
+            raise e
+
+    def _forward(self, batch: ScheduledBatch | StepMeta) -> torch.Tensor:
         input_ids, fb = self.build_forward_batch(batch)
         self.attn_backend.init_forward(fb)
         return self.model(input_ids, fb.positions, fb)
@@ -122,3 +174,27 @@ class ModelRunner:
             if do_sample and req.grammar is not None:
                 req.grammar.accept(tok)
         return StepResult(next_ids, step_lp.finish(next_ids) if step_lp is not None else None)
+
+    @torch.inference_mode()
+    def serve_one_step(self) -> bool:
+        """Worker ranks: receive one step from rank 0 and run its forward; False when rank 0 says stop."""
+        header = self.tp.broadcast(torch.empty(HEADER_LEN, dtype=torch.int64, device=self.tp.device)).tolist()
+        if header[0] == OP_STOP:
+            return False
+        body = torch.empty(StepMeta.body_len(header), dtype=torch.int64, device=self.tp.device)
+        self._forward(StepMeta.decode(header, self.tp.broadcast(body).tolist()))
+        return True
+
+    def close(self) -> None:
+        """Stop and reap the other TP ranks (rank 0) and leave the group. Idempotent; nothing to do at TP 1."""
+        if self.tp is not None and self.tp_workers is not None and not self.tp_workers.dead():
+            try:
+                self.tp.broadcast(stop_header().to(self.tp.device))
+            except Exception:  # the group is already broken: the workers exit on their own or are killed
+                pass
+        if self.tp_workers is not None:
+            self.tp_workers.stop()
+            self.tp_workers = None
+        if self.tp is not None:
+            self.tp.close()
+            self.tp = None

@@ -245,6 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_model_args(model_path, args.quantization, args.quant_group_size, args.quantize_lm_head)
         if args.chat_template is not None:
             read_chat_template(args.chat_template)  # fail before any child starts
+        if args.tp_size > 1:  # the model must split tp_size ways: say so before any process starts
+            from engine.distributed.sharding import check_tp_size
+            from engine.models.loader import model_config
+
+            check_tp_size(model_config(model_path), args.tp_size)
     except (FileNotFoundError, ValueError) as e:  # ValueError: a GGUF of an unsupported architecture or type
         print(f"python -m server: error: {e}", file=sys.stderr)
         return 2

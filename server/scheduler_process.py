@@ -220,6 +220,7 @@ class SchedulerProcess:
             self.push_stats_if_due()
 
     def close(self) -> None:
+        self.loop.close()  # the last KV events, if published
         if self.recorder is not None:
             self.recorder.close()
         self.ctx.destroy(linger=0)

@@ -4,6 +4,8 @@ KV capacities, beside the offline Belady bound and the infinite cache.
     python -m bench.cachesim --trace T.jsonl --capacity 10k,50k,200k --policy lru,lfu,segment,learned,belady \
         [--pair none|table|native] [--block-size 16] [--inflight 0] [--learned-model M.json] \
         [--format pairserve|mooncake] [--limit N] --json OUT.json --plot OUT.png
+    python -m bench.cachesim --trace T.jsonl --replicas 4,8,16,32,64 --routing round_robin,cache_aware,exact \
+        --capacity 16k [--policy lru] [--concurrency 64] --json OUT.json    # across replicas: cluster.py
 
 Capacities are KV tokens (suffixes k / M); the pool holds capacity // block_size blocks. Reported per policy
 and capacity: token hit rate (cached prompt tokens / prompt tokens, as the engine's token_hit_rate), request
@@ -17,6 +19,7 @@ import json
 import time
 
 from bench.cachesim.belady import belady_bound, flatten, infinite_bound
+from bench.cachesim.cluster import add_cluster_args, run_cluster_cli
 from bench.cachesim.replay import CacheReplay
 from bench.cachesim.traces import open_trace
 from bench.cachesim.units import UnitTrace, to_units
@@ -163,7 +166,7 @@ def main(argv=None) -> None:
     ap.add_argument("--trace", required=True)
     ap.add_argument("--format", default="pairserve", choices=["pairserve", "mooncake"])
     ap.add_argument("--capacity", default="10k,50k,200k", help="KV tokens (10k, 1.5M) or %% of the footprint")
-    ap.add_argument("--policy", default="lru,lfu,segment,belady")
+    ap.add_argument("--policy", default=None, help="default lru,lfu,segment,belady (with --replicas: lru)")
     ap.add_argument("--pair", default="none", choices=["none", "table", "native"])
     ap.add_argument("--block-size", type=int, default=None,
                     help="tokens per block (default: the trace's header; 512 for Mooncake; "
@@ -174,12 +177,17 @@ def main(argv=None) -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
     ap.add_argument("--title", default="")
+    add_cluster_args(ap)
     a = ap.parse_args(argv)
+    a.policy = a.policy or ("lru" if a.replicas else "lru,lfu,segment,belady")
     t = time.perf_counter()
     trace = load_units(a.trace, a.format, a.block_size, a.pair, a.limit, progress=True)
     print(f"{len(trace.requests):,} requests, {len(trace.interner):,} distinct blocks "
           f"({time.perf_counter() - t:.1f} s to load)", flush=True)
     capacities = parse_capacities(a.capacity, footprint_tokens(trace))
+    if a.replicas:
+        run_cluster_cli(a, trace, capacities[0])
+        return
     result = simulate(trace, capacities, a.policy.split(","), a.learned_model, a.inflight, progress=True)
     result.update(trace=a.trace, pair=a.pair, format=a.format)
     if a.pair == "native":

@@ -52,6 +52,7 @@ class DecoderLayer(nn.Module):
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.tp = None  # tensor parallelism (set_tensor_parallel): o_proj and down_proj are row-parallel
 
     def forward(self, positions, x, residual, fb):
         if residual is None:
@@ -60,8 +61,13 @@ class DecoderLayer(nn.Module):
         else:
             x, residual = self.input_layernorm(x, residual)
         x = self.self_attn(positions, x, fb)
+        if self.tp is not None:
+            x = self.tp.all_reduce(x)  # each rank's o_proj saw only its heads: sum the partial outputs
         x, residual = self.post_attention_layernorm(x, residual)
-        return self.mlp(x), residual
+        x = self.mlp(x)
+        if self.tp is not None:
+            x = self.tp.all_reduce(x)  # each rank's down_proj saw only its intermediate slice
+        return x, residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -75,17 +81,29 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = BucketedLinear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        self.tp, self.full_vocab_size = None, cfg.vocab_size
+
+    def set_tensor_parallel(self, tp, vocab_size: int) -> None:
+        """Make this (sharded, engine/distributed/sharding.py) model one rank of `tp`: the embedding and
+        lm_head hold a vocab slice, the decoder layers all-reduce their row-parallel outputs."""
+        self.tp, self.full_vocab_size = tp, vocab_size
+        for layer in self.layers:
+            layer.tp = tp
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)  # [T, hidden]
+        if self.tp is None:
+            x = self.embed_tokens(input_ids)  # [T, hidden]
+        else:
+            x = self.tp.embed(self.embed_tokens, input_ids)  # vocab-parallel: [T, hidden] on every rank
         residual = None
         for layer in self.layers:
             x, residual = layer(positions, x, residual, fb)
         # Only each request's last token needs logits (more only for prompt logprobs): norm and project just those.
         idx = fb.last_token_index if fb.logits_index is None else fb.logits_index
         x = self.norm(x[idx], residual[idx])[0]  # [B or N, hidden]
-        return self.lm_head(x).float()  # [B or N, vocab]
+        logits = self.lm_head(x).float()  # [B or N, vocab] ([B or N, vocab / tp_size] per rank under TP)
+        return logits if self.tp is None else self.tp.gather_vocab(logits, self.full_vocab_size)
 
     def _fused_shards(self) -> dict[str, tuple[str, int, int]]:
         """HF projection name -> (fused parameter name, row offset, rows): q/k/v live in qkv_proj, gate/up in

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from engine.config import GGUF_SUFFIX, LOAD_FORMATS, ModelConfig
+from engine.distributed.sharding import shard_config, shard_weights
 from engine.models.layers import cpu_bf16_native, prepack_linears
 from engine.models.llama import LlamaForCausalLM
 from engine.models.quant import check_quantizable
@@ -119,15 +120,26 @@ def iter_weights(path: str):
                 yield name, f.get_tensor(name)
 
 
-def load_model(path: str, dtype: str = "auto", device: str = "cpu", *, load_format: str = "auto",
+def model_config(path: str) -> ModelConfig:
+    """The ModelConfig of a checkpoint dir (config.json) or a .gguf file (its metadata), loading no weights."""
+    if is_gguf(path):
+        from engine.models.gguf_file import gguf_hf_config
+
+        return ModelConfig.from_dict(gguf_hf_config(path), path)
+    return ModelConfig.from_hf(path)
+
+
+def load_model(path: str, dtype: str = "auto", device: str = "cpu", *, tp=None, load_format: str = "auto",
                quantization: str | None = None, quant_group_size: int = 128, quantize_lm_head: bool = False,
                seed: int = 0, progress: bool = False) -> tuple[LlamaForCausalLM, ModelConfig]:
     """Build the model of `path` (an HF dir's config.json, or a .gguf file's metadata) and fill it: from its
     safetensors or GGUF tensors (`load_format` auto / safetensors) or with seeded random weights (`dummy`: the dir
     needs only config.json). With `quantization` int8 / int4 every linear of the decoder layers (and the LM head
-    with `quantize_lm_head`) is quantized as it loads (engine/models/quant_load.py). `progress`: a tqdm bar (on a
-    terminal) over the checkpoint's tensors and begin / end log lines with the time and size, as SGLang prints
-    them."""
+    with `quantize_lm_head`) is quantized as it loads (engine/models/quant_load.py). With `tp`
+    (engine/distributed/comm.TPContext) the model is rank tp.rank's shard: built at the per-rank shape, fed the
+    rank's slice of each tensor (engine/distributed/sharding.py), its forward all-reducing / gathering through tp;
+    the config returned is the full model's. `progress`: a tqdm bar (on a terminal) over the checkpoint's tensors
+    and begin / end log lines with the time and size, as SGLang prints them."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format: must be one of {LOAD_FORMATS} (got {load_format!r})")
     quantized = quantization is not None
@@ -146,9 +158,10 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu", *, load_form
         cfg = ModelConfig.from_dict(gguf_hf_config(path, reader), path)
     else:
         cfg = ModelConfig.from_hf(path)
+    tp_size = tp.size if tp is not None else 1
     torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     with torch.device("meta"):
-        model = ARCHITECTURES[cfg.architecture](cfg)
+        model = ARCHITECTURES[cfg.architecture](shard_config(cfg, tp_size))
     if quantized:  # every shape checked before a byte is allocated
         check_model_quantizable(model, quantization, quant_group_size, quantize_lm_head)
     # Materialise straight in the serving dtype (each checkpoint tensor is cast as it is copied in); a quantized
@@ -165,9 +178,11 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu", *, load_form
     if reader is not None:
         weights = iter_gguf_weights(path, reader)  # dequantized to fp32; cast (or quantized) as each is copied in
     elif load_format == "dummy":
-        weights = dummy_weights(model, seed, torch_dtype)
+        weights = dummy_weights(model, seed, torch_dtype)  # at the (per-rank) shapes of `model`
     else:
         weights = iter_weights(path)
+    if tp is not None and load_format != "dummy":
+        weights = shard_weights(weights, cfg, tp.rank, tp_size)
     if progress:
         weights = tqdm(weights, total=len(model.checkpoint_tensors()), desc="Loading weights", unit="tensor",
                        disable=None, dynamic_ncols=True)  # disable=None: shown on a terminal only
@@ -176,6 +191,8 @@ def load_model(path: str, dtype: str = "auto", device: str = "cpu", *, load_form
     model.load_weights(weights)
     if quantize_lm_head and quantized:  # a tied embedding keeps its dense table for the lookup
         quantize_linear(model, "lm_head", quantization, quant_group_size, "lm_head")
+    if tp is not None:
+        model.set_tensor_parallel(tp, cfg.vocab_size)
     model.eval()
     prepack_linears(model)  # bf16 / fp32 on CPU only
     if progress:
@@ -200,12 +217,7 @@ def check_model_args(path: str, quantization: str | None, quant_group_size: int,
     runs them before it starts its processes)."""
     if quantization is None:
         return
-    if is_gguf(path):
-        from engine.models.gguf_file import gguf_hf_config
-
-        cfg = ModelConfig.from_dict(gguf_hf_config(path), path)
-    else:
-        cfg = ModelConfig.from_hf(path)
+    cfg = model_config(path)
     with torch.device("meta"):
         model = ARCHITECTURES[cfg.architecture](cfg)
     check_model_quantizable(model, quantization, quant_group_size, quantize_lm_head)

@@ -13,6 +13,8 @@ Contract:
   check_integrity() recomputes everything from scratch. Not thread-safe: the scheduler owns the tree.
 - eviction_policy: a registered name (built with `policy_context`, see eviction.py) or a policy object. A
   policy with monotone = True is evicted incrementally (evictable.py), which assumes `clock` never goes back.
+- listener (optional, set while the tree is empty): told of every change to the set of cached pages, see
+  listener.py. KV events (engine/kv_events/) are built on it; the tree itself knows nothing of them.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from engine.radix_cache.evictable import EvictableLeaves
 from engine.radix_cache.eviction import EvictionPolicy, make_eviction_policy
+from engine.radix_cache.listener import CacheListener
 from engine.radix_cache.node import MatchResult, SegmentEdge, TreeNode, check_slot_partition, check_tree
 from engine.radix_cache.node import path_key, path_slots, segment_edges_below
 
@@ -46,6 +49,7 @@ class RadixCache:
         self.evicted_tokens_total = 0
         self.hit_tokens_total = 0  # matched tokens of record_hit=True matches
         self.query_tokens_total = 0  # key tokens of record_hit=True matches
+        self._listener: CacheListener | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -69,6 +73,17 @@ class RadixCache:
 
     def total_size(self) -> int:
         return self._evictable_size + self._protected_size
+
+    @property
+    def listener(self) -> CacheListener | None:
+        return self._listener
+
+    def set_listener(self, listener: CacheListener | None) -> None:
+        """Attach (or detach with None) the one listener; only while the tree is empty, so the listener has
+        seen every cached page from the start. ValueError otherwise."""
+        if self._root.children:
+            raise ValueError("listener: attach it while the radix cache is empty (reset() first)")
+        self._listener = listener
 
     @property
     def eviction_policy(self) -> str:
@@ -206,6 +221,8 @@ class RadixCache:
             self._free_slots(node.value)
             freed += len(node.value)
         self._clear()
+        if self._listener is not None:
+            self._listener.on_clear()
         return freed
 
     def segment_successors(self, node: TreeNode) -> list[SegmentEdge]:
@@ -265,6 +282,8 @@ class RadixCache:
         node.parent = head
         head.children[tuple(node.key[:ps])] = node
         parent.children[tuple(head.key[:ps])] = head
+        if self._listener is not None:
+            self._listener.on_split(head, node)
         return head
 
     def _add_leaf(self, parent: TreeNode, key: list[int], value: list[int], now: float) -> TreeNode:
@@ -273,6 +292,8 @@ class RadixCache:
         self._evictable_leaves.discard(parent)
         self._evictable_leaves.add(leaf)
         self._evictable_size += len(key)
+        if self._listener is not None:
+            self._listener.on_insert(leaf)
         return leaf
 
     def _remove_leaf(self, node: TreeNode) -> int:
@@ -286,6 +307,8 @@ class RadixCache:
                 ancestor.segment_nodes_below -= 1
         if parent is not self._root and not parent.children and parent.lock_ref == 0:
             self._evictable_leaves.add(parent)
+        if self._listener is not None:
+            self._listener.on_remove(node)
         self._free_slots(node.value)
         return len(node.key)
 

@@ -50,6 +50,11 @@ class ScheduledBatch:
     def num_tokens(self) -> int:
         return len(self.input_ids)
 
+    @property
+    def req_pool_indices(self) -> list[int]:
+        """Each request's req_to_token row."""
+        return [r.req_pool_idx for r in self.reqs]
+
     def check(self) -> None:
         assert len(self.reqs) == len(self.prefix_lens) == len(self.extend_lens) == len(self.sample)
         assert sum(self.extend_lens) == len(self.input_ids) == len(self.out_cache_loc)

@@ -24,7 +24,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args,needle", [
-    (("--tp-size", "2"), "tp_size"),
+    (("--tp-size", "0"), "tp_size"),
     (("--schedule-policy", "random"), "schedule_policy"),
     (("--port", "0"), "port"),
     (("--max-running-requests", "many"), "--max-running-requests"),

@@ -23,7 +23,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args,needle", [
     (("--dp-size", "2"), "dp_size"),
     (("--quantization", "fp8"), "quantization"),
-    (("--load-format", "dummy"), "load_format"),
+    (("--load-format", "pt"), "load_format"),
     (("--chat-template", "/nonexistent/template.jinja"), "chat_template"),
     (("--log-level", "verbose"), "log_level"),
     (("--served-model-name", "a", "a"), "served_model_name"),
