@@ -10,8 +10,9 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from engine.models import demo
-from engine.models.demo import CONVERTED_MARKER, CONVERTER_VERSION, resolve_demo_model, unpermute_rope_rows
+from engine.models import demo, gguf_file
+from engine.models.demo import CONVERTED_MARKER, CONVERTER_VERSION, resolve_demo_model
+from engine.models.gguf_file import unpermute_rope_rows
 
 
 def _fake_converter(gguf_path: str, out_dir: str) -> None:
@@ -144,5 +145,5 @@ def test_default_cache_dir_respects_env(monkeypatch, tmp_path):
 
 
 def test_float32_metadata_becomes_its_shortest_literal():
-    assert demo._float32_literal(float(np.float32(1e-5))) == 1e-5
-    assert demo._float32_literal(float(np.float32(100000.0))) == 100000.0
+    assert gguf_file._float32_literal(float(np.float32(1e-5))) == 1e-5
+    assert gguf_file._float32_literal(float(np.float32(100000.0))) == 100000.0

