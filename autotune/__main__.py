@@ -10,9 +10,11 @@ max_running_requests >= the searched maximum). --model must then name the served
 (its tokenizer gives the oracle output lengths).
 
 Each step applies one config live and measures a window (autotune.objective); the trajectory and the best
-config (JSON) are printed. AttMAML meta-trains on the meta-data file's tasks (the target's own record too,
-unless --holdout) with attention towards the target's features, warm-starts from the most similar tasks'
-best configs, then scores a 2000-point Latin hypercube by EI.
+config (JSON) are printed. AttMAML meta-trains on the meta-data file's tasks other than the target (the target
+is held out by default, so its own measurements never inform its search; --no-holdout puts it back, which only
+makes sense for ablations) with attention towards the target's features, warm-starts from the most similar
+tasks' best configs, then scores a 2000-point Latin hypercube by EI. `--api-key` is sent as a Bearer token to
+a server started with one.
 """
 from __future__ import annotations
 
@@ -43,13 +45,22 @@ def make_proposer(method: str, space: SearchSpace, objective: Objective, feature
         return GPProposer(), [default_u]
     from autotune.attmaml import AttMAMLConfig
 
-    records = [r for r in load_meta(meta_path) if r.system != exclude]
+    records = meta_records(meta_path, exclude)
     tables = [(*r.table(space, objective), r.feature_vector()) for r in records]
     proposer = attmaml_proposer(meta_tasks_from_tables(tables), features, config=AttMAMLConfig(seed=seed))
     return proposer, [default_u] + proposer.warm_points  # warm points join the pool so they are hit exactly
 
 
-def main(argv: list[str] | None = None) -> None:
+def meta_records(meta_path: str, exclude: str | None) -> list:
+    """The meta-training tasks: every record of the meta-data file but the target's (`exclude`); prints which."""
+    records = load_meta(meta_path)
+    kept = [r for r in records if r.system != exclude]
+    held = f"target {exclude} held out" if exclude else "target included (--no-holdout)"
+    print(f"meta-training on {len(kept)} of {len(records)} tasks in {meta_path} ({held})", flush=True)
+    return kept
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m autotune", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True, help="Loghub system, e.g. HDFS")
     p.add_argument("--budget", type=int, required=True, help="configs to evaluate")
@@ -57,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--server", default=None, help="URL of a running server (default: in-process engine)")
     p.add_argument("--data", default="/work/shared/data/loghub2k", help="Loghub-2k dir")
     p.add_argument("--meta", default="data/autotune_meta.jsonl", help="meta-data (python -m autotune.data)")
-    p.add_argument("--holdout", action="store_true", help="leave the target's own record out of the meta-data")
+    p.add_argument("--holdout", action=argparse.BooleanOptionalAction, default=True,
+                   help="leave the target's own record out of the meta-training set (default; --no-holdout keeps it)")
+    p.add_argument("--api-key", default=None, help="with --server: sent as 'Authorization: Bearer KEY'")
     p.add_argument("--model", default="bench", help="'bench' or a checkpoint dir (with --server: its tokenizer)")
     p.add_argument("--objective", choices=[k.value for k in ObjectiveKind], default="p95")
     p.add_argument("--slo", type=float, default=None, help="p95 SLO (s) for --objective throughput")
@@ -69,7 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kv-cache-tokens", type=int, default=16384)
     p.add_argument("--pool", type=int, default=2000, help="Latin-hypercube candidates scored per step")
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = build_parser().parse_args(argv)
     if a.budget < 1:
         raise SystemExit("--budget: must be >= 1")
     clock = a.clock or ("wall" if a.server else "cpu")
@@ -87,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         from engine.models.loader import load_tokenizer
 
         tokenizer = load_tokenizer(model_path)
-        target = ServerTarget(a.server)
+        target = ServerTarget(a.server, api_key=a.api_key)
     else:
         from engine import Engine
 

@@ -91,11 +91,16 @@ class EngineTarget:
 
 
 class ServerTarget:
-    def __init__(self, url: str, timeout_s: float = 600.0, transport=None) -> None:
+    """A running server: knobs by POST /update_config, traffic by POST /generate; `api_key` (if the server
+    has one) goes in every request as a Bearer token."""
+
+    def __init__(self, url: str, timeout_s: float = 600.0, transport=None, api_key: str | None = None) -> None:
         import httpx
 
         self.url = url.rstrip("/")
-        self._client = httpx.Client(timeout=timeout_s, transport=transport)  # transport: tests inject a mock
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # transport: tests inject a mock
+        self._client = httpx.Client(timeout=timeout_s, transport=transport, headers=headers)
 
     def apply(self, knobs: dict[str, Any]) -> None:
         r = self._client.post(f"{self.url}/update_config", json=knobs)

@@ -4,7 +4,7 @@
         --backends pairserve,hf[,openai=URL] [--variants radix | none,radix,nomix,table,native] --rounds 3
         [--output compare.json]
 
-Entries: one `pairserve:VARIANT` per --variants item (a launched server each, with bench.serving_backends'
+Entries: one `pairserve:VARIANT` per --variants item (a launched server each, with bench.serving.backends'
 VARIANT_FLAGS: none = radix cache off, radix = cache on and refine none, table / native = that --pair-policy;
 table and native need ICL requests, i.e. --dataset loghub), then the peers: `hf` (in-process padded generate)
 and `openai` (the server at URL). Every entry is started and warmed up (--warmup-requests, default 8) before
@@ -15,7 +15,7 @@ entry per round (A B C, B C A, ...): with a fixed order, the entry listed first 
 per round, then the median over rounds, for request and output throughput (higher is better for pairserve) and
 median / p95 E2E latency and TTFT (lower is better).
 Writes the JSON (args, entries, per-run records with per-request latencies, summary, ratios) and the plots of
-bench/plots.py next to it (same stem). Ctrl-C / SIGTERM stops after what was measured and still writes and prints
+bench/common/plots.py next to it (same stem). Ctrl-C / SIGTERM stops after what was measured and still writes and prints
 it.
 """
 from __future__ import annotations
@@ -29,10 +29,10 @@ import time
 
 import numpy as np
 
-from bench.plots import write_plots
-from bench.serving import add_workload_args, check_workload_args, load_workload, make_record, open_backend, \
+from bench.common.plots import write_plots
+from bench.serving.loadgen import add_workload_args, check_workload_args, load_workload, make_record, open_backend, \
     run_once, sigterm_as_interrupt
-from bench.serving_backends import VARIANT_FLAGS
+from bench.serving.backends import VARIANT_FLAGS
 
 PEERS = ("hf", "openai")
 SUMMARY_METRICS = ("request_throughput", "output_throughput", "median_e2e_latency_ms", "p95_e2e_latency_ms",

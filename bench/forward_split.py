@@ -27,7 +27,7 @@ from engine.attention.cpu_backend import CpuBackend
 from engine.attention.torch_native import TorchNativeBackend
 from engine.model_runner import ModelRunner
 from engine.models.layers import BucketedLinear
-from engine.scheduler.batch import ForwardMode
+from engine.forward_mode import ForwardMode
 
 # (class, method, piece): what ForwardSplit times inside each forward; CpuBackend's _extend and _decode fall back to
 # the torch ones through super(), so only the outermost timed call counts
@@ -126,7 +126,7 @@ class ForwardSplit:
 
 
 def run_random(argv: list[str]) -> None:
-    from bench.model_paths import resolve_model
+    from bench.common.model_paths import resolve_model
     from engine import Engine
 
     ap = argparse.ArgumentParser(prog="python -m bench.forward_split random")
@@ -172,7 +172,7 @@ def run_random(argv: list[str]) -> None:
 
 def run_decode(argv: list[str]) -> float:
     """Median decode forward (seconds) of `batch` requests decoding together over `context`-token prompts."""
-    from bench.model_paths import resolve_model
+    from bench.common.model_paths import resolve_model
     from engine import Engine
 
     ap = argparse.ArgumentParser(prog="python -m bench.forward_split decode")
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] == "decode":
         run_decode(argv[1:])
         return None
-    from bench import logparse
+    from bench.logparse import stream as logparse
 
     with ForwardSplit() as split:
         t = time.perf_counter()

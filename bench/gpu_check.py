@@ -25,12 +25,14 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.model_paths import resolve_model
-from engine.attention.base import ForwardBatch, create_backend
+from bench.common.model_paths import resolve_model
+from engine.attention.base import ForwardBatch
+from engine.attention.registry import create_backend
 from engine.config import ServerArgs
 from engine.memory import KVPool
 from engine.models.loader import DTYPES
-from engine.scheduler.batch import ForwardMode, ScheduledBatch, TableWrite
+from engine.forward_mode import ForwardMode
+from engine.scheduler.batch import ScheduledBatch, TableWrite
 
 TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 2e-2}
 

@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    from bench.model_paths import resolve_model
+    from bench.common.model_paths import resolve_model
     from engine.config import ModelConfig
 
     path = resolve_model(a.model)

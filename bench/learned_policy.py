@@ -1,4 +1,4 @@
-"""A learned eviction policy for the radix cache: predict each leaf's time to next reuse, evict the farthest.
+"""Train the learned eviction policy for the radix cache (bench/cachesim/learned.py): predict each leaf's time to next reuse, evict the farthest.
 
 Model: gradient-boosted trees (scikit-learn GradientBoostingRegressor) on y = log1p(t / tpr), where t is the
 time from now to the next request that looks up the leaf's first block and tpr the trace's mean time per
@@ -15,7 +15,7 @@ O(log age) times between accesses instead of at every eviction.
 
 Priorities can decrease (age and popularity move), so the policy does not declare `monotone`: trees rank
 every leaf per evict() with it. It needs a ReplayContext (simulated clock, example popularity, requests so far),
-which only bench.replay has, so it is registered with the engine's policy registry only on request:
+which only bench.cachesim.replay has, so it is registered with the engine's policy registry only on request:
 `register_learned_policy(model)` makes `CacheReplay(trace, cap, "learned")` (and `bench.cachesim --policy
 learned`) work; an engine tree asked for `learned` raises ValueError (it has no replay context).
 
@@ -33,106 +33,14 @@ import bisect
 import json
 import math
 import random
-from array import array
 from collections import defaultdict
 from typing import Sequence
 
-from bench.replay import CacheReplay, ReplayContext
-from bench.units import UnitTrace
-from engine.radix_cache import TreeNode, register_eviction_policy
-
-FEATURES = ("segment_end", "log_hits", "log_start", "log_length", "log_popularity", "log_age")
-
-
-def time_per_request(ctx: ReplayContext) -> float:
-    return max(ctx.clock() - ctx.start_time, 1e-9) / max(ctx.requests_seen(), 1)
-
-
-def node_features(node: TreeNode, ctx: ReplayContext, age_requests: float) -> list[float]:
-    bs = ctx.block_size
-    popularity = max((ctx.example_popularity[s] for s in node.segment_ends), default=0)
-    return [1.0 if node.segment_ends else 0.0, math.log1p(node.hit_count),
-            math.log1p(node.parent.depth_tokens * bs), math.log1p(len(node.key) * bs),
-            math.log(1e-4 + popularity / max(ctx.requests_seen(), 1)), math.log1p(age_requests)]
-
-
-def age_bucket(age_requests: float) -> int:
-    return int(math.log2(1.0 + age_requests))
-
-
-class TreeEnsemble:
-    """Sum of regression trees (sklearn's layout: a node goes left when x[feature] <= threshold, compared in
-    float32 as sklearn does) times learning_rate, plus offset."""
-
-    def __init__(self, model: dict):
-        if model.get("features") != list(FEATURES):
-            raise ValueError(f"model.features: expected {list(FEATURES)}, got {model.get('features')}")
-        self.offset = float(model["offset"])
-        self.learning_rate = float(model["learning_rate"])
-        self.trees = [(t["feature"], t["threshold"], t["left"], t["right"], t["value"]) for t in model["trees"]]
-        self.meta = model.get("meta", {})
-
-    @classmethod
-    def load(cls, path: str) -> "TreeEnsemble":
-        with open(path, encoding="utf-8") as f:
-            return cls(json.load(f))
-
-    def predict(self, x: Sequence[float]) -> float:
-        x = array("f", x)  # float32 rounding, as sklearn's trees compare
-        total = 0.0
-        for feature, threshold, left, right, value in self.trees:
-            i = 0
-            while left[i] >= 0:
-                i = left[i] if x[feature[i]] <= threshold[i] else right[i]
-            total += value[i]
-        return self.offset + self.learning_rate * total
-
-
-class LearnedPolicy:
-    """EvictionPolicy for bench.replay (pass `LearnedPolicy.factory(model)` as the replay's policy)."""
-
-    name = "learned"
-
-    def __init__(self, model: TreeEnsemble, ctx: ReplayContext):
-        self.model, self.ctx = model, ctx
-        # node_id -> (last_access, hit_count, valid until, priority): valid until the age bucket changes
-        self._cache: dict[int, tuple[float, int, float, tuple]] = {}
-        self._cache_limit = 2 * ctx.capacity_blocks + 1024  # live nodes never exceed the pool's blocks
-        self._now, self._tpr = float("nan"), 1.0
-
-    @classmethod
-    def factory(cls, model: TreeEnsemble):
-        """policy_context -> LearnedPolicy; ValueError naming radix_eviction_policy without a ReplayContext."""
-        def make(ctx):
-            if not isinstance(ctx, ReplayContext):
-                raise ValueError("radix_eviction_policy: 'learned' needs a bench.replay.ReplayContext "
-                                 "(it runs in the simulator's replays only, not in the engine)")
-            return cls(model, ctx)
-
-        return make
-
-    def priority(self, node: TreeNode) -> tuple:
-        # Called for every evictable leaf on every evict(): the cached path must stay cheap.
-        now = self.ctx.clock()
-        if now != self._now:
-            self._now, self._tpr = now, time_per_request(self.ctx)
-        entry = self._cache.get(node.node_id)
-        if entry is not None and entry[0] == node.last_access and entry[1] == node.hit_count and now < entry[2]:
-            return entry[3]
-        if len(self._cache) > self._cache_limit:
-            self._cache.clear()  # dead nodes' entries; live ones are recomputed on demand
-        tpr = self._tpr
-        age = max(now - node.last_access, 0.0) / tpr
-        log_wait = self.model.predict(node_features(node, self.ctx, age))
-        valid_until = node.last_access + (2.0 ** (age_bucket(age) + 1) - 1.0) * tpr
-        entry = (node.last_access, node.hit_count, valid_until, (-(now + math.expm1(max(log_wait, 0.0)) * tpr),))
-        self._cache[node.node_id] = entry
-        return entry[3]
-
-
-def register_learned_policy(model: TreeEnsemble) -> None:
-    """Register (or re-register) the name `learned` for `model` with engine.radix_cache's policy registry."""
-    register_eviction_policy(LearnedPolicy.name, LearnedPolicy.factory(model), replace=True)
+from bench.cachesim.learned import FEATURES, TreeEnsemble, age_bucket, node_features, time_per_request
+from bench.cachesim.replay import CacheReplay, ReplayContext
+from bench.cachesim.simulate import footprint_tokens, load_units, parse_capacities
+from bench.cachesim.units import UnitTrace
+from engine.radix_cache import TreeNode
 
 
 class SampleRecorder:
@@ -229,12 +137,10 @@ def train(xs, ys, n_estimators: int = 60, max_depth: int = 4, seed: int = 0) -> 
 
 
 def main(argv=None) -> None:
-    from bench.cachesim import footprint_tokens, load_units, parse_capacities
-
     ap = argparse.ArgumentParser(description="Train the learned eviction policy on one or more traces.")
     ap.add_argument("--trace", action="append", required=True, help="repeat to train on several traces")
     ap.add_argument("--format", default="pairserve", choices=["pairserve", "mooncake"])
-    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--block-size", type=int, default=None, help="default: the trace's own (see bench.cachesim)")
     ap.add_argument("--capacity", default="5%,20%", help="LRU replays to sample from: tokens or %% of footprint")
     ap.add_argument("--sample-rate", type=float, default=0.05)
     ap.add_argument("--max-samples", type=int, default=60000, help="per trace")
@@ -250,7 +156,7 @@ def main(argv=None) -> None:
         xs += x
         ys += y
     model = train(xs, ys, seed=a.seed)
-    model["meta"].update(train_traces=a.trace, block_size=a.block_size, capacities=a.capacity)
+    model["meta"].update(train_traces=a.trace, block_size=trace.block_size, capacities=a.capacity)
     with open(a.out, "w", encoding="utf-8") as f:
         json.dump(model, f, separators=(",", ":"))
     print(json.dumps(model["meta"], indent=1))

@@ -24,8 +24,8 @@ import time
 import torch
 
 from bench.forward_split import ForwardSplit
-from bench.machine import matmul_flops, memory_bandwidth
-from bench.model_paths import resolve_model
+from bench.common.machine import matmul_flops, memory_bandwidth
+from bench.common.model_paths import resolve_model
 
 
 def flops_per_token(cfg, context: int) -> float:

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import yaml
 
-from bench.model_paths import resolve_model
+from bench.common.model_paths import resolve_model
 from bench.tracegen import GENERATORS, loghub_queries
 
 TOP_KEYS = {"name", "model", "max_new_tokens", "engine", "grid", "workloads"}

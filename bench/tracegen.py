@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from bench.traces import BlockHasher, TraceRequest, block_hashes, write_trace
+from bench.cachesim.traces import BlockHasher, TraceRequest, block_hashes, write_trace
 
 VOCAB = (100, 30000)  # synthetic token ids are drawn uniformly from this range
 

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from engine.attention.base import ForwardBatch, create_backend
+from engine.attention.base import ForwardBatch
+from engine.attention.registry import create_backend
 from engine.attention.cpu_backend import CpuBackend
 from engine.config import ModelConfig, ServerArgs
 from engine.cpu_runtime import keep_freed_memory
 from engine.memory import KVPool, plan_kv_slots
-from engine.models.cpu_rmsnorm import DTYPES as RMSNORM_DTYPES
-from engine.models.cpu_rmsnorm import CpuRMSNorm
-from engine.models.cpu_rotary import CpuRotary
+from engine.kernels.cpu.rmsnorm import DTYPES as RMSNORM_DTYPES
+from engine.kernels.cpu.rmsnorm import CpuRMSNorm
+from engine.kernels.cpu.rotary import CpuRotary
 from engine.models.layers import use_rmsnorm_kernel, use_rotary_kernel
 from engine.models.loader import DTYPES, load_model, resolve_dtype
 from engine.sampling import SamplingBatch, sample

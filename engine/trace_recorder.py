@@ -1,7 +1,7 @@
 """Recording live traffic as a request trace (format: docs/traces.md), keeping hashes only, never raw text or ids.
 
 This is the writing half of the trace format; the readers, the full validator and the generators live in
-bench/traces.py, which re-exports what is here (the engine must not import bench). A recorded line holds:
+bench/cachesim/traces.py, which re-exports what is here (the engine must not import bench). A recorded line holds:
   timestamp          seconds from the recorder's start to the request's arrival at the engine
   input_length       prompt tokens (after PAIR, for ICL requests: the prompt the engine actually ran)
   output_length      generated tokens

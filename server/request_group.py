@@ -9,12 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from server.errors import APIError
-
-if TYPE_CHECKING:
-    from server.tokenizer_manager import TokenizerManager
 
 DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks whether its client went away
 
@@ -52,8 +49,9 @@ class ReqResult:
 class RequestGroup:
     """The engine requests behind one HTTP request (prompts × n); their events share one queue."""
 
-    def __init__(self, manager: "TokenizerManager", rids: list[str], public_ids: list[str] | None = None):
-        self.manager = manager
+    def __init__(self, abort_rid: Callable[[str], None], rids: list[str], public_ids: list[str] | None = None):
+        """`abort_rid(rid)` aborts one engine request (the tokenizer manager's `abort`)."""
+        self.abort_rid = abort_rid
         self.rids = rids
         self.public_ids = list(rids) if public_ids is None else public_ids  # what the client calls each request
         self.log_requests = True  # False: left out of --log-requests (SGLang's no_logs)
@@ -79,7 +77,7 @@ class RequestGroup:
         for i, rid in enumerate(self.rids):
             if not self.finished[i]:
                 self.finished[i] = True
-                self.manager.abort(rid)
+                self.abort_rid(rid)
 
     async def collect(self, is_disconnected: Callable[[], Awaitable[bool]]) -> list[ReqResult]:
         """Wait for all results; raise the first error. Checks `is_disconnected` every DISCONNECT_POLL_S and

@@ -146,7 +146,7 @@ class TokenizerManager:
         /abort_request and logs; default the engine rids."""
         if self.dead_reason is not None:
             raise APIError(self.dead_status, self.dead_reason)
-        group = RequestGroup(self, [inp.rid for inp in inputs], public_ids)
+        group = RequestGroup(self.abort, [inp.rid for inp in inputs], public_ids)
         now = time.monotonic()
         for index, inp in enumerate(inputs):
             self.states[inp.rid] = _ReqState(group, index, now)

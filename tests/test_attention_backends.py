@@ -11,14 +11,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.attention.base import ForwardBatch, create_backend
+from engine.attention.base import ForwardBatch
+from engine.attention.registry import create_backend
 from engine.attention.flashinfer_backend import FlashInferBackend, paged_kv_metadata, qo_indptr
 from engine.attention.torch_native import TorchNativeBackend
 from engine.attention.triton_backend import TritonAttentionBackend
-from engine.kernels.decode_attention import decode_attention_reference
-from engine.kernels.extend_attention import extend_attention_reference
+from engine.kernels.gpu.decode_attention import decode_attention_reference
+from engine.kernels.gpu.extend_attention import extend_attention_reference
 from engine.memory import KVPool
-from engine.scheduler.batch import ForwardMode
+from engine.forward_mode import ForwardMode
 
 HEADS, KV_HEADS, HEAD_DIM, LAYERS = 4, 2, 32, 2
 PREFIX_LENS, EXTEND_LENS = [0, 5, 17], [6, 3, 9]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import threading
 
 import httpx
@@ -95,14 +96,18 @@ def test_closed_loop_surfaces_request_errors(engine, workload):
 def test_server_target_posts_knobs_and_icl_requests():
     seen = []
 
+    seen_headers = []
+
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append((request.url.path, json.loads(request.content)))
+        seen_headers.append(dict(request.headers))
         if request.url.path == "/update_config" and "bogus" in seen[-1][1]:
             return httpx.Response(400, json={"error": {"message": "bogus: not a live knob"}})
         return httpx.Response(200, json={"text": "`x`"})
 
     target = ServerTarget("http://server:1234/", transport=httpx.MockTransport(handler))
     target.apply({"max_running_requests": 4})
+    assert "authorization" not in seen_headers[-1]
     target.send({"instruction": "i", "examples": [{"input": "a", "output": "b"}], "query": "q"},
                 {"max_new_tokens": 3, "temperature": 0.0, "ignore_eos": True})
     assert seen[0] == ("/update_config", {"max_running_requests": 4})
@@ -148,3 +153,29 @@ def test_objective_losses_and_tolerance():
         Objective(ObjectiveKind.THROUGHPUT)
     with pytest.raises(ValueError, match="clock"):
         Objective(clock="gpu")
+
+
+def test_server_target_sends_the_api_key():
+    headers = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"text": "`x`"})
+
+    target = ServerTarget("http://server:1234", transport=httpx.MockTransport(handler), api_key="sk-team")
+    target.apply({"max_running_requests": 4})
+    target.send({"instruction": "i", "examples": [], "query": "q"}, {"max_new_tokens": 1})
+    target.close()
+    assert headers == ["Bearer sk-team", "Bearer sk-team"]
+
+
+def test_autotune_holds_the_target_out_by_default(tmp_path, capsys):
+    from autotune.__main__ import build_parser, meta_records
+
+    assert build_parser().parse_args(["--task", "HDFS", "--budget", "2"]).holdout is True
+    assert build_parser().parse_args(["--task", "HDFS", "--budget", "2", "--no-holdout"]).holdout is False
+    meta = str(pathlib.Path(__file__).resolve().parent.parent / "data" / "autotune_meta.jsonl")
+    kept = meta_records(meta, "HDFS")
+    assert kept and all(r.system != "HDFS" for r in kept)
+    assert "target HDFS held out" in capsys.readouterr().out
+    assert any(r.system == "HDFS" for r in meta_records(meta, None))

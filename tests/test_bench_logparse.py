@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from bench.logparse import Variant, main, parse_variants, pool_tokens
-from bench.logparse_report import RequestRecord, format_pivot, format_table
+from bench.logparse.stream import Variant, main, parse_variants, pool_tokens
+from bench.logparse.report import RequestRecord, format_pivot, format_table
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "loghub")
 FIELDS = ("system", "requests", "throughput_rps", "mean_latency_s", "p95_latency_s", "p95_ttft_s", "token_hit_rate",
@@ -103,8 +103,8 @@ def test_variant_parsing_and_pool_sizes():
 def test_requests_the_engine_refuses_are_counted_and_left_out():
     """A prompt longer than the model's context is refused at submission (ValueError): the run goes on, and the
     summary counts it as rejected instead of serving it or failing the run."""
-    from bench.logparse import run_closed_loop
-    from bench.logparse_report import summarize
+    from bench.logparse.stream import run_closed_loop
+    from bench.logparse.report import summarize
 
     class FakeEngine:
         def generate(self, icl, sampling_params):

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench import compare, serving
-from bench.serving_data import build_dataset, gsp_requests, random_requests
-from bench.serving_metrics import RequestResult, compute_metrics, format_result_block, hit_rate_by_system
+from bench import compare
+from bench.serving import loadgen as serving
+from bench.serving.data import build_dataset, gsp_requests, random_requests
+from bench.serving.metrics import RequestResult, compute_metrics, format_result_block, hit_rate_by_system
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "loghub")
 
@@ -155,7 +156,7 @@ def test_compare_ratios_and_plots(tmp_path):
     s = compare.summarize(result["runs"], result["entries"])
     assert s["pairserve:radix"]["request_throughput"] == 2.0 and s["hf"]["token_hit_rate"] == 0.0
     assert "2.00x" in compare.format_tables(s, {"pairserve:radix / hf": r})
-    from bench.plots import write_plots
+    from bench.common.plots import write_plots
 
     paths = write_plots(result, str(tmp_path / "cmp"))
     assert [os.path.basename(p) for p in paths] == ["cmp_policies.png", "cmp_hit_rate.png", "cmp_latency_cdf.png"]
@@ -211,7 +212,7 @@ def test_pairserve_backend_launches_its_server(tiny_model_dir, tmp_path):
 
 
 def test_openai_backend_against_a_pairserve_server(tiny_model_dir, tmp_path):
-    from bench.serving_backends import LaunchedServer
+    from bench.serving.backends import LaunchedServer
 
     out = str(tmp_path / "oa.jsonl")
     with LaunchedServer(tiny_model_dir, ["--kv-cache-tokens", "8192", "--dtype", "float32"]) as srv:

@@ -10,14 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.belady import belady_bound, flatten, infinite_bound
-from bench.cachesim import gap_closed, main as cachesim_main, parse_capacities
-from bench.learned_policy import FEATURES, LearnedPolicy, TreeEnsemble, register_learned_policy, train
-from bench.replay import CacheReplay, ReplayContext
+from bench.cachesim.belady import belady_bound, flatten, infinite_bound
+from bench.cachesim.simulate import gap_closed, main as cachesim_main, parse_capacities
+from bench.cachesim.learned import FEATURES, LearnedPolicy, TreeEnsemble, register_learned_policy
+from bench.learned_policy import train
+from bench.cachesim.replay import CacheReplay, ReplayContext
 from engine.radix_cache import RadixCache, make_eviction_policy, unregister_eviction_policy
-from bench.traces import TraceRequest, read_mooncake, write_trace
+from bench.cachesim.traces import TraceRequest, read_mooncake, write_trace
 from bench.tracegen import icl_trace
-from bench.units import to_units
+from bench.cachesim.units import to_units
 
 
 def shared_prefix_prompts(n: int, seed: int) -> list[list[int]]:
@@ -276,3 +277,30 @@ def test_shipped_sweep_configs_parse_and_bad_keys_are_named(tmp_path):
     bad.write_text("name: x\ngrid: {kv_cache_tokens: [1]}\nworkloads: [{kind: chat, speed: 3}]\n")
     with pytest.raises(ValueError, match=r"workloads\[0\]\.speed"):
         load_config(str(bad))
+
+
+def _write_lines(path, objs):
+    path.write_text("".join(json.dumps(o) + "\n" for o in objs))
+    return str(path)
+
+
+def test_block_size_flag_reaches_the_loader(tmp_path):
+    """--block-size names the hash block of header-less and Mooncake traces; None takes the trace's own."""
+    from bench.cachesim.simulate import load_units
+
+    reqs = [{"timestamp": 0.0, "input_length": 64, "output_length": 2, "hash_ids": [1, 2, 3, 4]},
+            {"timestamp": 1.0, "input_length": 64, "output_length": 2, "hash_ids": [1, 2, 3, 5]}]
+    bare = _write_lines(tmp_path / "bare.jsonl", reqs)
+    assert load_units(bare, "pairserve", 16, "none").block_size == 16
+    with pytest.raises(ValueError, match="no header naming their block size; give it with --block-size N"):
+        load_units(bare, "pairserve", None, "none")
+    moon = _write_lines(tmp_path / "moon.jsonl", [{**r, "timestamp": 1000 * r["timestamp"]} for r in reqs])
+    assert load_units(moon, "mooncake", None, "none").block_size == 512
+    assert load_units(moon, "mooncake", 16, "none").block_size == 16
+    headed = _write_lines(tmp_path / "headed.jsonl", [{"trace": "pairserve", "version": 1, "block_size": 16}, *reqs])
+    assert load_units(headed, "pairserve", None, "none").block_size == 16
+    with pytest.raises(ValueError, match="replay it with --block-size 16"):
+        load_units(headed, "pairserve", 32, "none")
+    out = tmp_path / "r.json"
+    cachesim_main(["--trace", bare, "--block-size", "16", "--capacity", "64", "--policy", "lru", "--json", str(out)])
+    assert json.loads(out.read_text())["block_size"] == 16

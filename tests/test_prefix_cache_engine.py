@@ -84,7 +84,7 @@ def test_every_decode_attention_in_a_run_matches_the_reference(tiny_model_dir, m
     depend on distant context, so outputs alone would not show a wrong row or merge); outputs equal cache-off's."""
     from engine import Engine
     from engine.attention import torch_decode, torch_native
-    from engine.kernels.decode_attention import decode_attention_reference
+    from engine.kernels.gpu.decode_attention import decode_attention_reference
 
     prefix = [(29 * i) % 1900 + 50 for i in range(300)]
     prompts = [prefix + [(11 * j + k) % 1900 + 50 for k in range(5 + j)] for j in range(4)]

@@ -19,7 +19,7 @@ importlib.import_module(sys.argv[1])
 
 
 @pytest.mark.parametrize("module", ["engine.scheduler", "engine.radix_cache", "engine.pair", "engine.config",
-                                    "engine.sampling_params"])
+                                    "engine.sampling_params", "engine.forward_mode"])
 def test_imports_without_torch(module):
     proc = subprocess.run([sys.executable, "-c", BLOCKER, module], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

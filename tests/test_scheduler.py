@@ -7,7 +7,8 @@ import pytest
 
 from engine.config import ServerArgs
 from engine.sampling_params import SamplingParams
-from engine.scheduler import ForwardMode, Req, Scheduler
+from engine.forward_mode import ForwardMode
+from engine.scheduler import Req, Scheduler
 
 
 def make_sched(**flags) -> Scheduler:
@@ -198,3 +199,28 @@ def test_mixed_chunk_off_keeps_prefill_and_decode_apart():
     assert s.stats.mixed_steps_total == 0
     # prefill-first: `first` waits out the chunks of `second`
     assert [b.mode for b in batches[:5]] == [ForwardMode.EXTEND] * 4 + [ForwardMode.DECODE]
+
+
+def test_dfs_weight_order_on_a_known_tree():
+    """dfs-weight walks the tree of the requests' cached prefixes depth first, heavier subtrees first, and keeps
+    arrival order inside one node; cache-cold requests (no node) come first, as in SGLang."""
+    from types import SimpleNamespace
+
+    from engine.scheduler.policy import order_waiting
+
+    class Node:  # hashed by identity, like the radix tree's nodes
+        def __init__(self, parent):
+            self.parent = parent
+
+    root = Node(None)
+    a = Node(root)
+    a1, a2 = Node(a), Node(a)
+    b = Node(root)
+    placed = {"n": (None, 9.0), "b": (b, 0.0), "b2": (b, 3.0), "b3": (b, 4.0), "b4": (b, 6.0),
+              "a1": (a1, 5.0), "a1b": (a1, 1.0), "a2": (a2, 2.0)}
+    reqs = [SimpleNamespace(rid=rid, arrival_time=t) for rid, (_, t) in placed.items()]
+    # weights: b 4 > a 3 (a1 2 > a2 1)
+    got = order_waiting("dfs-weight", reqs, lambda r: (1, placed[r.rid][0]), now=10.0, aging_s=2.0)
+    assert [r.rid for r in got] == ["n", "b", "b2", "b3", "b4", "a1b", "a1", "a2"]
+    fcfs = order_waiting("fcfs", reqs, lambda r: (1, placed[r.rid][0]), now=10.0, aging_s=2.0)
+    assert [r.rid for r in fcfs] == ["b", "a1b", "a2", "b2", "b3", "a1", "b4", "n"]

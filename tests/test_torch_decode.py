@@ -7,7 +7,7 @@ import torch
 
 from engine.attention.torch_decode import (GROUP_COST_KEYS, decode_attention, length_groups, plan_decode,
                                            shared_prefix_groups)
-from engine.kernels.decode_attention import decode_attention_reference
+from engine.kernels.gpu.decode_attention import decode_attention_reference
 
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 32
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from bench.traces import (BlockHasher, TraceRequest, block_hashes, open_trace, read_mooncake, read_trace,
+from bench.cachesim.traces import (BlockHasher, TraceRequest, block_hashes, open_trace, read_mooncake, read_trace,
                           record_request, trace_header, write_trace)
 from bench.tracegen import arrival_times, chat_trace, icl_trace, loghub_icl_trace, shared_prompt_trace
 
@@ -193,15 +193,15 @@ def test_loghub_icl_trace_uses_the_engine_layout(tiny_model_dir):
 
 def test_bench_traces_reexports_the_engines_writer():
     import engine.trace_recorder as rec
-    import bench.traces as bt
+    import bench.cachesim.traces as bt
 
     assert bt.block_hashes is rec.block_hashes and bt.record_request is rec.record_request
     assert bt.BlockHasher is rec.BlockHasher and bt.trace_header is rec.trace_header
 
 
 def test_engine_records_live_traffic_as_a_replayable_hash_trace(tiny_model_dir, make_engine, tmp_path):
-    from bench.cachesim import load_units, simulate
-    from bench.replay import CacheReplay
+    from bench.cachesim.simulate import load_units, simulate
+    from bench.cachesim.replay import CacheReplay
     from engine.pair.render import example_id
     from engine.trace_recorder import template_hash
 

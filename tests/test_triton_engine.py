@@ -15,7 +15,7 @@ def _prompts():
 
 
 def test_create_backend_allows_triton_on_cpu_only_under_the_interpreter(monkeypatch):
-    from engine.attention.base import create_backend
+    from engine.attention.registry import create_backend
     from engine.attention.triton_backend import TritonAttentionBackend
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -62,8 +62,8 @@ def test_fused_norm_and_rotary_match_the_torch_path():
     k = torch.randn(7, 2, 32, generator=gen)
     want_q, want_k = rotary(positions, q, k)
 
-    from engine.kernels.rmsnorm import rmsnorm
-    from engine.kernels.rotary import apply_rotary
+    from engine.kernels.gpu.rmsnorm import rmsnorm
+    from engine.kernels.gpu.rotary import apply_rotary
 
     norm.kernel, rotary.kernel = rmsnorm, apply_rotary
     got_out, got_res = norm(x, res)

@@ -1,5 +1,5 @@
 """The CPU backend: extend attention as torch-native (SDPA per request), decode attention by the compiled kernel
-(engine/attention/cpu_kernel.py), which reads each request's K/V rows from the pool in place. Against the
+(engine/kernels/cpu/decode_attention.py), which reads each request's K/V rows from the pool in place. Against the
 torch-native decode (gather into padded copies, then batched matmuls) it reads every K/V byte once instead of
 three times, and has no per-group call overheads; a model or dtype outside the kernel's limits (fp16, head_dim >
 256) keeps the torch-native decode.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.attention.base import ForwardBatch
-from engine.attention.cpu_kernel import CpuDecodeKernel, PrefixGroups
+from engine.kernels.cpu.decode_attention import CpuDecodeKernel, PrefixGroups
 from engine.attention.prefix_tree import prefix_segments
 from engine.attention.torch_decode import LEN_BUCKET
 from engine.attention.torch_native import TorchNativeBackend

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.attention.base import AttentionBackend, ForwardBatch
-from engine.scheduler.batch import ForwardMode
+from engine.forward_mode import ForwardMode
 
 # FlashInfer's kernels are instantiated for half-precision inputs only.
 SUPPORTED_KV_DTYPES = (torch.float16, torch.bfloat16)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from engine.attention.base import AttentionBackend, ForwardBatch
-from engine.kernels.decode_attention import decode_attention
-from engine.kernels.extend_attention import extend_attention
-from engine.scheduler.batch import ForwardMode
+from engine.kernels.gpu.decode_attention import decode_attention
+from engine.kernels.gpu.extend_attention import extend_attention
+from engine.forward_mode import ForwardMode
 
 
 @dataclass

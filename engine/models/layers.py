@@ -18,7 +18,7 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
-        self.kernel: Callable | None = None  # engine.kernels.rmsnorm.rmsnorm once use_triton_kernels ran
+        self.kernel: Callable | None = None  # engine.kernels.gpu.rmsnorm.rmsnorm once use_triton_kernels ran
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """x [T, hidden]. With `residual`, returns (norm(x + residual), x + residual) like a fused add-norm."""
@@ -69,7 +69,7 @@ class RotaryEmbedding(nn.Module):
         cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).float()
         self.register_buffer("cos_sin", cache, persistent=False)
         self.half = head_dim // 2
-        self.kernel: Callable | None = None  # in place: engine.kernels.rotary (Triton) or models/cpu_rotary.py
+        self.kernel: Callable | None = None  # in place: engine.kernels.gpu.rotary (Triton) or engine/kernels/cpu/rotary.py
         self._step_key: tuple[torch.Tensor, torch.dtype] | None = None
         self._step_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -204,8 +204,8 @@ def use_triton_kernels(model: nn.Module, enabled: bool = True) -> int:
     """
     norm_kernel = rotary_kernel = None
     if enabled:
-        from engine.kernels.rmsnorm import rmsnorm as norm_kernel
-        from engine.kernels.rotary import apply_rotary as rotary_kernel
+        from engine.kernels.gpu.rmsnorm import rmsnorm as norm_kernel
+        from engine.kernels.gpu.rotary import apply_rotary as rotary_kernel
     switched = 0
     for module in model.modules():  # a rotary module shared by all layers is visited once
         if isinstance(module, RMSNorm):
@@ -218,14 +218,14 @@ def use_triton_kernels(model: nn.Module, enabled: bool = True) -> int:
 
 
 def use_rmsnorm_kernel(model: nn.Module, kernel: Callable | None) -> int:
-    """Route every RMSNorm of `model` through `kernel` (the rmsnorm contract of engine/kernels/rmsnorm.py; None:
-    torch ops); return how many were switched. The `cpu` backend's models use engine/models/cpu_rmsnorm.py."""
+    """Route every RMSNorm of `model` through `kernel` (the rmsnorm contract of engine/kernels/gpu/rmsnorm.py; None:
+    torch ops); return how many were switched. The `cpu` backend's models use engine/kernels/cpu/rmsnorm.py."""
     return _set_kernel(model, RMSNorm, kernel)
 
 
 def use_rotary_kernel(model: nn.Module, kernel: Callable | None) -> int:
-    """Route every RotaryEmbedding of `model` through `kernel` (in place, the contract of engine/kernels/rotary.py;
-    None: torch ops); return how many were switched. The `cpu` backend's models use engine/models/cpu_rotary.py."""
+    """Route every RotaryEmbedding of `model` through `kernel` (in place, the contract of engine/kernels/gpu/rotary.py;
+    None: torch ops); return how many were switched. The `cpu` backend's models use engine/kernels/cpu/rotary.py."""
     return _set_kernel(model, RotaryEmbedding, kernel)
 
 

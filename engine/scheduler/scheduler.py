@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from engine.config import ServerArgs
-from engine.scheduler.batch import ForwardMode, ScheduledBatch, StepOutput, append_decode, build_extend
+from engine.forward_mode import ForwardMode
+from engine.scheduler.batch import ScheduledBatch, StepOutput, append_decode, build_extend
 from engine.scheduler.finish import check_finish, finish_output
 from engine.scheduler.kv_manager import KVManager
 from engine.scheduler.policy import order_waiting, shares_uncached_prefix

@@ -143,7 +143,7 @@ def test_stats_and_flush_cache_replies(sched):
 def test_trace_file_records_what_the_scheduler_process_finishes(tiny_model_dir, sockets, tmp_path):
     """`--trace-file` reaches the server's engine loop: finished requests are recorded, aborted ones are not,
     and close() (the process's exit path) closes the file."""
-    from bench.traces import block_hashes, read_trace
+    from bench.cachesim.traces import block_hashes, read_trace
     from engine.config import ServerArgs
 
     addrs, to_detok, _ = sockets
