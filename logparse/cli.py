@@ -5,13 +5,15 @@
         [--follow [--follow-timeout S]] [--no-cache] [--cache-refresh N] [--oracle-engine MODEL] [--refine native]
 
 Docs: docs/logparse.md. Exit status: 0 done, 2 bad input (one `logparse: error:` line, no traceback), 130 Ctrl-C
-(the outputs then hold the lines parsed so far).
+or SIGTERM (the outputs then hold the lines parsed so far).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
+import threading
 import time
 
 from logparse.backends import Caller, EngineTransport, HttpTransport
@@ -191,6 +193,23 @@ def run(argv=None) -> int:
             return 2
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (`timeout`, `kill`) ends a run like Ctrl-C: partial outputs written, exit status 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _parse(a, caller, demos, truth, reader, lines, f, header) -> int:
     parser = LogParser(caller, demos, TemplateCache(a.cache_refresh),
                        ParserOptions(order=a.order, use_cache=not a.no_cache, concurrency=a.concurrency), truth)
@@ -200,10 +219,11 @@ def _parse(a, caller, demos, truth, reader, lines, f, header) -> int:
     interrupted = False
     name = output_name(a.file)
     try:
-        if not a.follow:
-            parser.parse(lines)
-        else:
-            _follow(a, parser, reader, lines, f, header, name, start)
+        with _sigterm_as_ctrl_c():
+            if not a.follow:
+                parser.parse(lines)
+            else:
+                _follow(a, parser, reader, lines, f, header, name, start)
     except KeyboardInterrupt:
         interrupted = True
     finally:
