@@ -88,6 +88,9 @@ class GrammarState:
             self.error = f"grammar: sampled token {token} is not allowed (no token satisfied every constraint)"
 
 
+MAX_JSON_WHITESPACE = 16  # whitespace characters allowed between two JSON tokens (pretty-printing fits)
+
+
 class GrammarBackend:
     """Compiles grammars for one tokenizer on a worker thread; compiled grammars cached by (kind, spec)."""
 
@@ -120,9 +123,9 @@ class GrammarBackend:
                                                       stop_token_ids=self.stop_token_ids)
             self._compiler = xgr.GrammarCompiler(info, max_threads=1)
         if kind == "json_schema":
-            # Compact JSON (xgrammar's default separators, no free whitespace between tokens): free whitespace
-            # lets a weak or undertrained model spend its whole budget on blanks before the first key.
-            return self._compiler.compile_json_schema(spec, any_whitespace=False)
+            # Whitespace between elements is bounded: unbounded, a weak or undertrained model can spend its whole
+            # budget on blanks before the first key (what vLLM's disable-any-whitespace guards against).
+            return self._compiler.compile_json_schema(spec, max_whitespace_cnt=MAX_JSON_WHITESPACE)
         if kind == "regex":
             return self._compiler.compile_regex(spec)
         return self._compiler.compile_grammar(spec)

@@ -154,6 +154,7 @@ GENERATE_FIELDS: Mapping[str, Field] = MappingProxyType({
     "text": honored(), "input_ids": honored(), "sampling_params": honored(), "stream": honored(),
     "icl": honored("pairserve extension (README, ICL requests)"),
     "rid": honored("request id: meta_info.id, logs and /abort_request"),
+    "tenant": refused("a request's tenant comes from its API key (--api-key-file), never from the body"),
     "model": honored("must be one of --served-model-name's names when given (the router sends null)"),
     "log_metrics": noop("health probes' flag; it only decides whether SGLang counts the request in metrics"),
     "no_logs": honored("the request is left out of --log-requests"),

@@ -63,8 +63,9 @@ def add_sglang_routes(app: FastAPI, tm: TokenizerManager, names: tuple[str, ...]
     version = pairserve_version()
 
     def alive() -> None:
-        if tm.dead_reason is not None:
-            raise APIError(tm.dead_status, tm.dead_reason)
+        refusal = tm.unavailable()  # a dead child, or draining for shutdown: the router must look elsewhere
+        if refusal is not None:
+            raise refusal
 
     @app.get("/health_generate", dependencies=probe)
     async def health_generate(request: Request):

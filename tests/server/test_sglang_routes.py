@@ -148,8 +148,10 @@ def test_a_draining_replica_answers_every_router_probe_with_503(tiny_model_dir):
     from server.metrics import ServerMetrics
 
     args = ServerArgs(model_path=tiny_model_dir)
-    tm = SimpleNamespace(dead_reason="the server is shutting down", dead_status=503, args=args, context_len=4096,
-                         metrics=ServerMetrics("tiny"))
+    from server.errors import APIError
+
+    tm = SimpleNamespace(args=args, context_len=4096, metrics=ServerMetrics("tiny"),
+                         unavailable=lambda: APIError(503, "the server is shutting down"))
     client = TestClient(build_app(tm, args, ("tiny",), {}, model_path=tiny_model_dir))
     for path in ("/health", "/health_generate", "/model_info", "/get_model_info", "/server_info",
                  "/get_server_info", "/get_load"):

@@ -142,7 +142,7 @@ def test_tools_are_rendered_by_the_chat_template(tool_server, tiny_model_dir):
                                                     "max_tokens": 1}).json()
         plain = c.post("/v1/chat/completions", json={"messages": msgs[:1], "max_tokens": 1}).json()
         forced = c.post("/v1/chat/completions", json={"messages": msgs[:1], "tools": [WEATHER],
-                                                      "tool_choice": "required", "max_tokens": 24, "temperature": 0})
+                                                      "tool_choice": "required", "max_tokens": 48, "temperature": 0})
     assert none["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]  # "none": tools not rendered
     # "required" runs under the call's JSON schema: whatever the (random) model prefers, the output is a call of
     # the one tool there is, so its name comes out first (the schema fixes the key order).
