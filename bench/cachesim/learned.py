@@ -64,7 +64,7 @@ class TreeEnsemble:
 
 
 class LearnedPolicy:
-    """EvictionPolicy for bench.replay (pass `LearnedPolicy.factory(model)` as the replay's policy)."""
+    """EvictionPolicy for bench.cachesim.replay (pass `LearnedPolicy.factory(model)` as the replay's policy)."""
 
     name = "learned"
 
@@ -80,7 +80,7 @@ class LearnedPolicy:
         """policy_context -> LearnedPolicy; ValueError naming radix_eviction_policy without a ReplayContext."""
         def make(ctx):
             if not isinstance(ctx, ReplayContext):
-                raise ValueError("radix_eviction_policy: 'learned' needs a bench.replay.ReplayContext "
+                raise ValueError("radix_eviction_policy: 'learned' needs a bench.cachesim.replay.ReplayContext "
                                  "(it runs in the simulator's replays only, not in the engine)")
             return cls(model, ctx)
 

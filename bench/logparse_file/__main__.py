@@ -23,10 +23,9 @@ import contextlib
 import io
 import json
 import os
-import sys
 import tempfile
 
-from bench.model_paths import resolve_model
+from bench.common.model_paths import resolve_model
 from logparse import LOGHUB_SYSTEMS, list_systems
 from logparse.cli import run as logparse_run
 

@@ -5,7 +5,7 @@
         [--context 1024] [--decode-steps 8] --output-file OUT.json
 
 1. The machine: matmul FLOP/s in the serving dtype (bf16 where the CPU computes it natively, else fp32: the dtype
-   the dense parts run in) and memory copy bandwidth (bench.machine).
+   the dense parts run in) and memory copy bandwidth (bench.common.machine).
 2. Load (tqdm bar over the checkpoint's tensors): seconds, and the model's resident bytes.
 3. Prefill: one 512-token chunk per step (radix cache off), best of a few; tokens/s and the fraction of the matmul
    peak it reaches (model FLOPs per token at the chunk's mean context / peak).
