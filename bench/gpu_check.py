@@ -91,7 +91,8 @@ def run_lockstep(runner, prompts: list[list[int]], decode_steps: int,
     for p in prompts:
         slots.append(perm[offset:offset + len(p) + decode_steps])
         offset += len(p) + decode_steps
-    reqs = [SimpleNamespace(req_pool_idx=b) for b in range(batch)]
+    # what ModelRunner.forward reads of a request: its row, and that it asks for no prompt logprobs
+    reqs = [SimpleNamespace(req_pool_idx=b, logprob=None, input_logprobs_done=True) for b in range(batch)]
 
     def step(mode: ForwardMode, new_ids: list[list[int]], prefix_lens: list[int]) -> torch.Tensor:
         ext = [len(ids) for ids in new_ids]

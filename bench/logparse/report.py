@@ -85,8 +85,8 @@ class RefineAudit:
         self._inner = refiner.refine
         refiner.refine = self._refine  # instance attribute shadows the method for this engine only
 
-    def _refine(self, tree, prompt, rid=None, default="none"):
-        res = self._inner(tree, prompt, rid, default)
+    def _refine(self, tree, prompt, *args, **kwargs):  # the refiner's own signature (rid, default, tenant)
+        res = self._inner(tree, prompt, *args, **kwargs)
         self.calls += 1
         sent = [ex.output for ex in res.examples]
         stood_for = [prompt.examples[i].output for i in res.order]

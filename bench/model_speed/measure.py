@@ -44,10 +44,13 @@ def _run(sch: Scheduler, runner: ModelRunner, timed_mode: ForwardMode | None = N
     while sch.has_work():
         batch = sch.schedule()
         t = time.perf_counter()
-        next_ids = runner.run(batch) if batch is not None else None
+        result = runner.run(batch) if batch is not None else None
         if batch is not None and batch.mode is timed_mode:
             seconds.append(time.perf_counter() - t)
-        sch.process_results(batch, next_ids)
+        if result is None:
+            sch.process_results(None, None)
+        else:
+            sch.process_results(batch, result.next_ids, result.logprobs)
     return seconds
 
 

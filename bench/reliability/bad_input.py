@@ -68,7 +68,7 @@ def hand_cases() -> list[tuple[str, str, bytes]]:
         ("top_k_huge", C, js({"prompt": "hi", "top_k": 2 ** 70, "max_tokens": 2})),
         ("stream_string", C, js({"prompt": "hi", "stream": "yes"})),
         ("stream_options_list", CHAT, js(_chat(stream=True, stream_options=[1]))),
-        ("logprobs_set", C, js({"prompt": "hi", "logprobs": 5})),
+        ("logprobs_too_many", C, js({"prompt": "hi", "logprobs": 99})),  # completions take 0..20
         ("unknown_model", C, js({"model": "gpt-9", "prompt": "hi"})),
         ("messages_missing", CHAT, js({"max_tokens": 2})),
         ("messages_string", CHAT, js({"messages": "hi"})),

@@ -54,7 +54,9 @@ def test_an_sglang_launch_line_serves_as_asked(start_server, tmp_path, tiny_mode
     msgs = [{"role": "user", "content": "hi there"}]
     with srv.client() as c:
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["first", "second"]
-        r = c.post("/v1/chat/completions", json={"model": "second", "messages": msgs, "max_tokens": 2})
+        # ignore_eos: two tokens for sure, so a decode step runs and its batch line is logged
+        r = c.post("/v1/chat/completions", json={"model": "second", "messages": msgs, "max_tokens": 2,
+                                                 "ignore_eos": True})
         assert r.status_code == 200 and r.json()["model"] == "second"
         assert c.post("/v1/chat/completions", json={"model": srv.model_name, "messages": msgs}).status_code == 404
         tokens = c.post("/tokenize", json={"messages": msgs}).json()["tokens"]
