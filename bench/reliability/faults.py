@@ -50,7 +50,11 @@ def kill_child(model: str, work_dir: Path, child: str, flags: tuple[str, ...] = 
 
 
 def sigterm_under_load(model: str, work_dir: Path, flags: tuple[str, ...] = (), in_flight: int = 8,
-                       max_tokens: int = 16) -> dict:
+                       max_tokens: int = 256) -> dict:
+    """SIGTERM with `in_flight` streams running: they finish, a request sent after the signal gets 503.
+
+    The streams are long (`max_tokens`, ignore_eos) so the drain outlasts the late request even on a fast model;
+    a drain that ended first would leave the late request a refused connection, which proves nothing."""
     srv = ServerProc(model, work_dir, flags)
     results: list[tuple[int, str | None]] = []
     first_chunk = threading.Barrier(in_flight + 1)
