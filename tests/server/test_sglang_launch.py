@@ -72,7 +72,7 @@ def test_an_sglang_launch_line_serves_as_asked(start_server, tmp_path, tiny_mode
     assert cont["usage"]["prompt_tokens"] == n("<<user>>hi there\n<<assistant>>Sure, the")
     log = srv.wait_log("request kw-1 finished")
     assert f"pairserve is ready on {srv.url} (model 'first'); try: curl {srv.url}/v1/chat/completions" in log
-    assert "Decode batch. #running-req: " in log
+    assert "Decode batch. #running-req: " in srv.wait_log("Decode batch. #running-req: ")  # the scheduler's own log
     # each request was prefilled alone in one chunk, none from the cache (--disable-radix-cache)
     assert re.search(r"Prefill batch\. #new-seq: [1-9]\d*, #new-token: [1-9]\d*, #cached-token: 0, ", log)
     line = next(ln for ln in log.splitlines() if "request kw-1 finished" in ln)
