@@ -17,6 +17,14 @@ HEALTH_DEADLINE_S = 5.0
 KEY = next(iter(TENANT_KEYS))
 
 
+
+def orphans_after(pids: dict[str, int], wait_s: float = 10.0) -> list[str]:
+    """The server's processes (name -> pid) still alive after up to `wait_s` seconds for them to go."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and any(pid_running(p) for p in pids.values()):
+        time.sleep(0.1)
+    return [name for name, p in pids.items() if pid_running(p)]
+
 def kill_child(model: str, work_dir: Path, child: str, flags: tuple[str, ...] = ()) -> dict:
     srv = ServerProc(model, work_dir, flags)
     try:
@@ -37,10 +45,7 @@ def kill_child(model: str, work_dir: Path, child: str, flags: tuple[str, ...] = 
             rc = srv.proc.wait(timeout=60)
         except Exception:
             rc = None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(pid_running(p) for p in pids.values()):
-            time.sleep(0.1)
-        orphans = [name for name, p in pids.items() if pid_running(p)]
+        orphans = orphans_after(pids)
     finally:
         srv.stop()
     return {"health_503_after_s": None if health_503_after is None else round(health_503_after, 2),
@@ -97,10 +102,7 @@ def sigterm_under_load(model: str, work_dir: Path, flags: tuple[str, ...] = (), 
         for t in threads:
             t.join(300)
         rc = srv.proc.wait(timeout=120)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(pid_running(p) for p in pids.values()):
-            time.sleep(0.1)
-        orphans = [name for name, p in pids.items() if pid_running(p)]
+        orphans = orphans_after(pids)
     finally:
         srv.stop()
     finished = sum(1 for s, f in results if s == 200 and f == "length")
