@@ -69,8 +69,12 @@ class StepLogprobs:
         self.sampled = [i for i in wanting if batch.sample[i]]
         self._out_logprobs = None
         if self.sampled:
-            idx = torch.tensor([rows.last[i] for i in self.sampled], dtype=torch.int64, device=all_logits.device)
-            self._out_logprobs = torch.log_softmax(all_logits[idx], dim=-1)  # [S, V]
+            lasts = [rows.last[i] for i in self.sampled]
+            if lasts == list(range(all_logits.shape[0])):  # every row, in order: no [S, V] gather copy
+                src = all_logits
+            else:
+                src = all_logits[torch.tensor(lasts, dtype=torch.int64, device=all_logits.device)]
+            self._out_logprobs = torch.log_softmax(src, dim=-1)  # [S, V], a new tensor: processing can't touch it
 
     def _input_rows(self, all_logits: torch.Tensor, wanting: list[int]) -> None:
         for i in wanting:

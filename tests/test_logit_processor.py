@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine.logit_processor import LogitProcessor
+from engine.penalties import PenaltyTable
 from engine.sampling_params import SamplingParams
 from engine.scheduler.request import Req
 
@@ -45,9 +46,12 @@ def _random_params(rng: random.Random) -> SamplingParams:
         ignore_eos=rng.random() < 0.3)
 
 
-def test_batched_processing_matches_the_per_row_reference_over_many_steps():
+@pytest.mark.parametrize("capacity", [256, 1])
+def test_batched_processing_matches_the_per_row_reference_over_many_steps(capacity):
+    """capacity 1: the penalty table grows (doubling) while rows hold live counts."""
     rng = random.Random(0)
     proc = LogitProcessor(max_rows=6, vocab_size=V, device="cpu")
+    proc.penalties = PenaltyTable(6, "cpu", capacity=capacity)
     free_rows = list(range(6))
     live: list[Req] = []
     n = 0

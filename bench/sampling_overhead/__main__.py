@@ -1,7 +1,7 @@
 """What logprobs, penalties and grammars add to a decode step, against a plain greedy step of the same batch.
 
     python -m bench.sampling_overhead [--model demo] [--batch 64] [--steps 16] [--rounds 3]
-        [--variants plain,logprobs,penalties,grammar,all] [--json OUT]
+        [--variants plain,logprobs,penalties,grammar,all] [--output-file OUT.json]
 
 For each variant, `batch` requests (one chat prompt each, greedy, ignore_eos) are admitted into one engine loop
 (EngineLoop, in this thread); once all of them decode together, `steps` decode steps are timed, each whole
@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--json", default=None, help="write the medians here")
+    ap.add_argument("--output-file", default=None, help="write the medians here (JSON)")
     args = ap.parse_args()
     variants = args.variants.split(",")
     assert set(variants) <= set(VARIANTS) and variants[0] == "plain", f"variants from {VARIANTS}, plain first"
@@ -138,8 +138,8 @@ def main() -> None:
                   "processing_ms": proc * 1e3, "ratio": step / base}
         print(f"{v:<10} {step * 1e3:8.2f} {fwd * 1e3:10.2f} {rest * 1e3:8.2f} {proc * 1e3:13.3f} "
               f"{step / base:12.3f}")
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.output_file:
+        with open(args.output_file, "w") as f:
             json.dump({"model": args.model, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
                        "variants": out}, f, indent=1)
 
