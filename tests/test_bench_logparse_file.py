@@ -34,4 +34,4 @@ def test_order_runs_through_the_engine(tmp_path, tiny_model_dir):
     # the pool is sized from the prompts as rendered before any engine runs: the engine's own count agrees (the
     # fixture's 4 candidates are every call's examples, so PAIR substitutes none)
     assert r["arrival_prompt_tokens"] == round(r["mean_prompt_tokens"] * r["arrival_calls"])
-    assert 0 <= r["prefix_cached_tokens"] <= r["prefix_prompt_tokens"]
+    assert 0 <= r["prefix_cached_tokens"] <= r["prefix_prompt_tokens"] and r["example_tokens"] > 0

@@ -46,20 +46,22 @@ def parse_summary(args: list[str]) -> dict:
             return json.load(f)
 
 
-def mean_prompt_tokens(args: list[str], engine_dir: str) -> float:
-    """Mean prompt tokens (the engine's tokenizer and chat template) of the calls `python -m logparse args` makes,
-    as the parser sends them (PAIR may substitute an example of the same template later). Nothing runs."""
+def prompt_sizes(args: list[str], engine_dir: str) -> tuple[float, int]:
+    """(mean prompt tokens, tokens of the distinct examples) of the calls `python -m logparse args` makes, as the
+    parser sends them (PAIR may substitute an example of the same template later), in the engine's tokenizer and
+    chat template. Nothing runs."""
     from engine.models.loader import load_tokenizer
     from engine.pair.render import SegmentEncoder, render_icl
 
     tokenizer = load_tokenizer(engine_dir)
     encoder = SegmentEncoder(tokenizer)
     calls = oracle_calls(args)
-    total = 0
+    total, examples = 0, {}
     for call in calls:
         prompt = render_icl(tokenizer, icl_body(call, "none"), encoder)
         total += len(prompt.head_ids) + sum(len(ex.ids) for ex in prompt.examples) + len(prompt.tail_ids)
-    return total / max(len(calls), 1)
+        examples.update((ex.id, len(ex.ids)) for ex in prompt.examples)
+    return total / max(len(calls), 1), sum(examples.values())
 
 
 def run_system(a, system: str, engine_dir: str | None) -> dict:
@@ -78,7 +80,7 @@ def run_system(a, system: str, engine_dir: str | None) -> dict:
         lim = ["--limit", str(a.engine_limit)]
         eng = [*oracle, *lim, "--oracle-engine", engine_dir, "--dtype", a.dtype]
         # size the pool from the calls' mean prompt, then compare the orders under it
-        mean_prompt = mean_prompt_tokens([*oracle, *lim], engine_dir)
+        mean_prompt, example_tokens = prompt_sizes([*oracle, *lim], engine_dir)
         kv = max(int(mean_prompt * a.kv_prompts), 256)
         for order in ("arrival", "prefix"):
             s = parse_summary([*eng, "--order", order, "--kv-cache-tokens", str(kv)])
@@ -89,6 +91,7 @@ def run_system(a, system: str, engine_dir: str | None) -> dict:
             row[f"{order}_prompt_tokens"] = s["prompt_tokens"]
             row[f"{order}_cached_tokens"] = s["cached_tokens"]
         row["mean_prompt_tokens"] = mean_prompt
+        row["example_tokens"] = example_tokens  # what a pool must hold to keep every example the calls use
         row["kv_cache_tokens"] = kv
         row["order_speedup"] = row["arrival_wall_s"] / row["prefix_wall_s"] * row["prefix_calls"] / row["arrival_calls"]
         row["order_hit_gain_points"] = 100 * (row["prefix_hit_rate"] - row["arrival_hit_rate"])
@@ -111,7 +114,7 @@ def fmt(v) -> str:
 
 
 COLUMNS = ("system", "lines", "templates", "oracle_calls_nocache", "oracle_calls_cache", "call_reduction", "oracle_GA",
-           "kv_cache_tokens", "arrival_calls", "arrival_hit_rate", "prefix_hit_rate", "arrival_wall_s", "prefix_wall_s",
+           "kv_cache_tokens", "example_tokens", "arrival_calls", "arrival_hit_rate", "prefix_hit_rate", "arrival_wall_s", "prefix_wall_s",
            "order_speedup",
            "demo_lines", "demo_calls_cache", "demo_GA", "demo_PA", "demo_calls_nocache", "demo_nocache_GA")
 
