@@ -11,7 +11,8 @@ loghub`, and reads its summary.json:
 2. order (`--model oracle:CSV --oracle-engine ENGINE_MODEL`, first `--engine-limit` lines): each call goes through
    the engine's icl path with the right answer's length, under a KV pool of `--kv-prompts` mean prompts' worth
    of tokens (the mean over the run's calls as sent, counted in the engine's tokenizer before anything runs, via
-   `logparse.cli.oracle_calls`; so no pool holds all of a system's examples), `--order arrival` then `--order
+   `logparse.cli.oracle_calls`; `example_tokens`, the tokens of the calls' distinct examples, says whether the
+   pool could hold them all: with 6 it cannot on 9 of the 12 Loghub systems), `--order arrival` then `--order
    prefix`, each on a fresh engine; token hit rate, wall seconds, LLM calls per second;
 3. the demo model (SmolLM2-135M) on the first `--demo-limit` lines, with the cache (and, if
    `--demo-nocache-limit` > 0, without it on that many lines): LLM calls, GA / PA (the floor: a 135M model).
