@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from logparse.backends import Caller, EngineTransport, HttpTransport
+from logparse.backends import Caller, EngineTransport, HttpTransport, LlmCall
 from logparse.demos import Demonstrations, dpp_pool, read_labelled_csv
 from logparse.formats import resolve_format, system_for_file, CONTENT_FIELD
 from logparse.logfile import LineReader, check_some_kept, follow, open_log, read_all
@@ -193,6 +193,31 @@ def run(argv=None) -> int:
             return 2
 
 
+def oracle_calls(argv) -> list[LlmCall]:
+    """The LLM calls (examples chosen, in submission order, wave after wave) that `run(argv)` makes when the pure
+    oracle answers them (`argv` must name `--model oracle:CSV` for a file; `--oracle-engine` is ignored: nothing
+    runs). For planning and benchmarks, e.g. sizing a KV pool from the prompts before any engine starts."""
+    a = build_arg_parser().parse_args(argv)
+    if not a.model.startswith(ORACLE_PREFIX) or a.follow or a.file == "-":
+        raise ValueError("oracle_calls: needs --model oracle:CSV and a file")
+    truth = _ground_truth(a)
+    reader = LineReader(resolve_format(a.format or ("loghub" if system_for_file(a.file) else "raw"), a.file))
+    with contextlib.closing(open_log(a.file)) as f:
+        lines = read_all(f, reader)
+    lines = lines[:a.limit] if a.limit else lines
+    calls: list[LlmCall] = []
+
+    class Recorder(Caller):
+        def run(self, wave, concurrency):
+            calls.extend(wave)
+            return super().run(wave, concurrency)
+
+    options = ParserOptions(order=a.order or "prefix", use_cache=not a.no_cache, refine=a.refine)
+    LogParser(Recorder(None, oracle=True), _demonstrations(a, truth, [ln.content for ln in lines]),
+              TemplateCache(a.cache_refresh), options, truth).parse(lines)
+    return calls
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -212,7 +237,8 @@ def _sigterm_as_ctrl_c():
 
 def _parse(a, caller, demos, truth, reader, lines, f, header) -> int:
     parser = LogParser(caller, demos, TemplateCache(a.cache_refresh),
-                       ParserOptions(order=a.order, use_cache=not a.no_cache, concurrency=a.concurrency), truth)
+                       ParserOptions(order=a.order, use_cache=not a.no_cache, concurrency=a.concurrency,
+                                     refine=a.refine), truth)
     progress = _Progress(None if a.follow else len(lines), not a.no_progress)
     parser.on_progress = progress
     start = time.perf_counter()

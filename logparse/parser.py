@@ -7,8 +7,8 @@
    the first line of each group (in LineId order) goes to the LLM in this wave; the others wait, because the
    template their group-mate brings back will most likely match them too (on the 12 Loghub-2k files this grouping
    made 1,054 calls for 786 templates where grouping by masked-token signature made 1,676);
-3. the wave's calls are submitted in the chosen order (logparse.order: `prefix` = the whole-file plan, `arrival` =
-   LineId order), each answer is the line's template and, post-processed, enters the cache;
+3. the wave's calls are submitted in the chosen order (logparse.order: `prefix` = the whole-file plan over the
+   prompts as the engine's PAIR policy will lay them out, `arrival` = LineId order), each answer is the line's template and, post-processed, enters the cache;
 4. repeat until every line is resolved. Each wave resolves at least its own calls, so this ends, and at worst
    every line is one call (what `use_cache=False` does in a single wave).
 Examples for every call are chosen before the wave goes out (logparse.demos), so the order can be planned over the
@@ -24,7 +24,8 @@ from typing import Callable, Sequence
 from logparse.backends import Caller, LlmAnswer, LlmCall
 from logparse.demos import Demonstrations
 from logparse.logfile import LogLine
-from logparse.order import ORDERS, prefix_order
+from logparse.order import ORDERS, prefix_keys, prefix_order
+from logparse.prompt import REFINE_MODES
 from logparse.template_cache import CachedTemplate, TemplateCache
 from logparse.truth import GroundTruth
 
@@ -53,10 +54,13 @@ class ParserOptions:
     order: str = "prefix"
     use_cache: bool = True
     concurrency: int = 16
+    refine: str = "native"  # the calls' PAIR policy: how the engine will lay out their prompts (logparse.order)
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise ValueError(f"order: must be one of {ORDERS}, got {self.order!r}")
+        if self.refine not in REFINE_MODES:
+            raise ValueError(f"refine: must be one of {REFINE_MODES}, got {self.refine!r}")
         if self.concurrency < 1:
             raise ValueError(f"concurrency: must be >= 1, got {self.concurrency}")
 
@@ -108,7 +112,7 @@ class LogParser:
             return
         calls = [self._call_for(ln) for ln in lines]
         if self.options.order == "prefix":
-            keys = [tuple(c.examples) for c in calls]
+            keys = prefix_keys([c.examples for c in calls], self.options.refine)
             order = prefix_order(keys, [len(c.content) for c in calls])
         else:
             order = sorted(range(len(calls)), key=lambda i: calls[i].line_id)

@@ -30,4 +30,8 @@ def test_order_runs_through_the_engine(tmp_path, tiny_model_dir):
     r = rows[0]
     for order in ("arrival", "prefix"):
         assert 0 <= r[f"{order}_hit_rate"] <= 1 and r[f"{order}_wall_s"] > 0 and r[f"{order}_calls"] >= 1
-    assert r["kv_cache_tokens"] >= 256
+    assert r["kv_cache_tokens"] == max(int(r["mean_prompt_tokens"] * 6), 256)
+    # the pool is sized from the prompts as rendered before any engine runs: the engine's own count agrees (the
+    # fixture's 4 candidates are every call's examples, so PAIR substitutes none)
+    assert r["arrival_prompt_tokens"] == round(r["mean_prompt_tokens"] * r["arrival_calls"])
+    assert 0 <= r["prefix_cached_tokens"] <= r["prefix_prompt_tokens"] and r["example_tokens"] > 0

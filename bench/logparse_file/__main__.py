@@ -10,8 +10,10 @@ loghub`, and reads its summary.json:
    order) and without it (`--no-cache`: one call per line), GA / PA with the cache;
 2. order (`--model oracle:CSV --oracle-engine ENGINE_MODEL`, first `--engine-limit` lines): each call goes through
    the engine's icl path with the right answer's length, under a KV pool of `--kv-prompts` mean prompts' worth
-   of tokens (so no pool holds all of a system's examples), `--order arrival` then `--order prefix`, each on a
-   fresh engine; token hit rate, wall seconds, LLM calls per second;
+   of tokens (the mean over the run's calls as sent, counted in the engine's tokenizer before anything runs, via
+   `logparse.cli.oracle_calls`; `example_tokens`, the tokens of the calls' distinct examples, says whether the
+   pool could hold them all: with 6 it cannot on 9 of the 12 Loghub systems), `--order arrival` then `--order
+   prefix`, each on a fresh engine; token hit rate, wall seconds, LLM calls per second;
 3. the demo model (SmolLM2-135M) on the first `--demo-limit` lines, with the cache (and, if
    `--demo-nocache-limit` > 0, without it on that many lines): LLM calls, GA / PA (the floor: a 135M model).
 Prints a markdown table; `--json` keeps every summary; `--plot` draws calls per line and the orders' hit rates.
@@ -27,6 +29,8 @@ import tempfile
 
 from bench.common.model_paths import resolve_model
 from logparse import LOGHUB_SYSTEMS, list_systems
+from logparse.backends import icl_body
+from logparse.cli import oracle_calls
 from logparse.cli import run as logparse_run
 
 ROUND = 4
@@ -43,8 +47,22 @@ def parse_summary(args: list[str]) -> dict:
             return json.load(f)
 
 
-def mean_prompt_tokens(summary: dict) -> float:
-    return summary["prompt_tokens"] / max(summary["llm_calls"], 1)
+def prompt_sizes(args: list[str], engine_dir: str) -> tuple[float, int]:
+    """(mean prompt tokens, tokens of the distinct examples) of the calls `python -m logparse args` makes, as the
+    parser sends them (PAIR may substitute an example of the same template later), in the engine's tokenizer and
+    chat template. Nothing runs."""
+    from engine.models.loader import load_tokenizer
+    from engine.pair.render import SegmentEncoder, render_icl
+
+    tokenizer = load_tokenizer(engine_dir)
+    encoder = SegmentEncoder(tokenizer)
+    calls = oracle_calls(args)
+    total, examples = 0, {}
+    for call in calls:
+        prompt = render_icl(tokenizer, icl_body(call, "none"), encoder)
+        total += len(prompt.head_ids) + sum(len(ex.ids) for ex in prompt.examples) + len(prompt.tail_ids)
+        examples.update((ex.id, len(ex.ids)) for ex in prompt.examples)
+    return total / max(len(calls), 1), sum(examples.values())
 
 
 def run_system(a, system: str, engine_dir: str | None) -> dict:
@@ -62,15 +80,19 @@ def run_system(a, system: str, engine_dir: str | None) -> dict:
     if engine_dir is not None:
         lim = ["--limit", str(a.engine_limit)]
         eng = [*oracle, *lim, "--oracle-engine", engine_dir, "--dtype", a.dtype]
-        # size the pool from one probe run's mean prompt (ample pool), then compare the orders under it
-        probe = parse_summary([*eng, "--order", "arrival"])
-        kv = max(int(mean_prompt_tokens(probe) * a.kv_prompts), 256)
+        # size the pool from the calls' mean prompt, then compare the orders under it
+        mean_prompt, example_tokens = prompt_sizes([*oracle, *lim], engine_dir)
+        kv = max(int(mean_prompt * a.kv_prompts), 256)
         for order in ("arrival", "prefix"):
             s = parse_summary([*eng, "--order", order, "--kv-cache-tokens", str(kv)])
             row[f"{order}_hit_rate"] = s["token_hit_rate"]
             row[f"{order}_wall_s"] = s["wall_seconds"]
             row[f"{order}_calls"] = s["llm_calls"]
             row[f"{order}_calls_per_s"] = s["llm_calls"] / s["wall_seconds"] if s["wall_seconds"] else None
+            row[f"{order}_prompt_tokens"] = s["prompt_tokens"]
+            row[f"{order}_cached_tokens"] = s["cached_tokens"]
+        row["mean_prompt_tokens"] = mean_prompt
+        row["example_tokens"] = example_tokens  # what a pool must hold to keep every example the calls use
         row["kv_cache_tokens"] = kv
         row["order_speedup"] = row["arrival_wall_s"] / row["prefix_wall_s"] * row["prefix_calls"] / row["arrival_calls"]
         row["order_hit_gain_points"] = 100 * (row["prefix_hit_rate"] - row["arrival_hit_rate"])
@@ -93,7 +115,8 @@ def fmt(v) -> str:
 
 
 COLUMNS = ("system", "lines", "templates", "oracle_calls_nocache", "oracle_calls_cache", "call_reduction", "oracle_GA",
-           "arrival_hit_rate", "prefix_hit_rate", "arrival_wall_s", "prefix_wall_s", "order_speedup",
+           "kv_cache_tokens", "example_tokens", "arrival_calls", "arrival_hit_rate", "prefix_hit_rate", "arrival_wall_s", "prefix_wall_s",
+           "order_speedup",
            "demo_lines", "demo_calls_cache", "demo_GA", "demo_PA", "demo_calls_nocache", "demo_nocache_GA")
 
 
@@ -114,6 +137,11 @@ def totals(rows: list[dict]) -> dict:
         out["mean_arrival_hit_rate"] = sum(r["arrival_hit_rate"] for r in rows) / n
         out["mean_prefix_hit_rate"] = sum(r["prefix_hit_rate"] for r in rows) / n
         out["sum_wall_arrival_over_prefix"] = sum(r["arrival_wall_s"] for r in rows) / sum(r["prefix_wall_s"] for r in rows)
+        for order in ("arrival", "prefix"):  # over every call of every system
+            out[f"all_{order}_hit_rate"] = (sum(r[f"{order}_cached_tokens"] for r in rows)
+                                            / max(sum(r[f"{order}_prompt_tokens"] for r in rows), 1))
+            out[f"all_{order}_calls_per_s"] = (sum(r[f"{order}_calls"] for r in rows)
+                                               / sum(r[f"{order}_wall_s"] for r in rows))
     if all("demo_GA" in r for r in rows):
         out["mean_demo_GA"] = sum(r["demo_GA"] for r in rows) / n
         out["mean_demo_PA"] = sum(r["demo_PA"] for r in rows) / n
