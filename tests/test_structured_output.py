@@ -102,3 +102,26 @@ def test_failed_compilation_aborts_only_that_request(make_engine, tiny_model_dir
     assert bad["meta_info"]["finish_reason"]["type"] == "abort"
     assert "compiler exploded" in bad["meta_info"]["finish_reason"]["message"]
     assert good["meta_info"]["completion_tokens"] == 4
+
+
+@pytest.mark.parametrize("vocab,batch,rows", [(50, 3, [1]), (1000, 5, [0, 2, 4]), (4099, 4, [0, 1, 2, 3]),
+                                              (49157, 7, [6, 0, 3])])
+def test_cpu_mask_rows_matches_xgrammars_kernel(vocab, batch, rows):
+    """GrammarMasks.mask_rows against xgrammar's own apply_token_bitmask_inplace on random bitmasks: same
+    logits bit for bit, rows outside `rows` untouched (their bitmask rows are random too)."""
+    import torch
+    import xgrammar as xgr
+
+    from engine.grammar import GrammarMasks
+
+    g = torch.Generator().manual_seed(vocab)
+    masks = GrammarMasks(batch, vocab)
+    words = torch.randint(-2**31, 2**31 - 1, masks.bitmask.shape, generator=g, dtype=torch.int64)
+    masks.bitmask.copy_(words.to(torch.int32))
+    masks.bitmask[0, :2] = -1  # a row (when in `rows`) with allowed runs, and one with only forbidden words
+    masks.bitmask[-1, :] = 0
+    logits = torch.randn(batch, vocab, generator=g)
+    want = logits.clone()
+    xgr.apply_token_bitmask_inplace(want, masks.bitmask[:batch].clone(), vocab_size=vocab, indices=rows)
+    masks.mask_rows(logits, rows)
+    assert torch.equal(logits, want)
