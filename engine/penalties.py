@@ -2,7 +2,7 @@
 
 A penalty changes a row's logit only at tokens the request generated (all three) or had in its prompt
 (repetition only), a few hundred of the vocabulary's 50-150k. So the state is a padded table per request-pool row
-(`Req.req_pool_idx`) of the distinct tokens seen, with their output counts and a prompt flag, and a step gathers
+(`Req.req_pool_idx`) of the distinct tokens seen, with their output counts, and a step gathers
 the logits at those (row, token) pairs, penalizes them and scatters them back: work O(tokens seen), not
 O(batch x vocab). (Dense [B, V] penalties cost 20+ ms a step at batch 64 on a 2-core CPU, against a few ms
 of forward budget; see docs/sampling.md.)
@@ -22,15 +22,13 @@ from engine.scheduler.request import Req
 
 
 class PenaltyTable:
-    """Per pool row: distinct tokens seen `toks` [R, S] int64, their output counts `counts` [R, S] fp32 and
-    whether the prompt held them `in_prompt` [R, S] bool; entries past `lens[row]` are unused. S grows on
-    demand (doubling)."""
+    """Per pool row: the distinct tokens seen `toks` [R, S] int64 and their output counts `counts` [R, S] fp32
+    (0 for a token only the prompt held); entries past `lens[row]` are unused. S grows on demand (doubling)."""
 
     def __init__(self, num_rows: int, device: torch.device | str, capacity: int = 256):
         self.num_rows, self.device = num_rows, device
         self.toks = torch.zeros(num_rows, capacity, dtype=torch.int64, device=device)
         self.counts = torch.zeros(num_rows, capacity, dtype=torch.float32, device=device)
-        self.in_prompt = torch.zeros(num_rows, capacity, dtype=torch.bool, device=device)
         self.lens = [0] * num_rows
         self._slot: list[dict[int, int]] = [{} for _ in range(num_rows)]  # token -> its slot, per row
         self._owner: list[tuple[str, int] | None] = [None] * num_rows  # (rid, output tokens counted)
@@ -38,8 +36,8 @@ class PenaltyTable:
     def update(self, reqs: Sequence[Req]) -> None:
         """Bring the rows of `reqs` up to their current output ids (and, for a new owner, its prompt)."""
         resets: list[int] = []
-        new_rows, new_slots, new_toks, new_prompt = [], [], [], []  # slots taken this step
-        inc_rows, inc_slots = [], []  # one entry per generated token to count
+        taken: list[tuple[int, int, int]] = []  # (row, slot, token) of the slots taken this step
+        counted: list[tuple[int, int]] = []  # (row, slot), one per generated token to count
         for req in reqs:
             row, out = req.req_pool_idx, req.output_ids
             owner = self._owner[row]
@@ -49,40 +47,38 @@ class PenaltyTable:
                 resets.append(row)
                 slot.clear()
                 start = 0
-                if req.sampling.repetition_penalty != 1.0:
+                if req.sampling.repetition_penalty != 1.0:  # the prompt's tokens are penalized too
                     for tok in req.input_ids:
                         if tok not in slot:
                             slot[tok] = len(slot)
-                            new_rows.append(row), new_slots.append(slot[tok]), new_toks.append(tok)
-                            new_prompt.append(True)
+                            taken.append((row, slot[tok], tok))
             for tok in out[start:]:
                 s = slot.get(tok)
                 if s is None:
                     s = slot[tok] = len(slot)
-                    new_rows.append(row), new_slots.append(s), new_toks.append(tok), new_prompt.append(False)
-                inc_rows.append(row), inc_slots.append(s)
+                    taken.append((row, s, tok))
+                counted.append((row, s))
             self.lens[row] = len(slot)
             self._owner[row] = (req.rid, len(out))
         self._ensure_capacity(max(self.lens[r.req_pool_idx] for r in reqs) if reqs else 0)
         dev = self.device
         if resets:
-            reset = torch.tensor(resets, dtype=torch.int64, device=dev)
-            self.counts[reset] = 0.0
-            self.in_prompt[reset] = False
-        if new_rows:
-            idx = (torch.tensor(new_rows, device=dev), torch.tensor(new_slots, device=dev))
-            self.toks.index_put_(idx, torch.tensor(new_toks, dtype=torch.int64, device=dev))
-            self.in_prompt.index_put_(idx, torch.tensor(new_prompt, dtype=torch.bool, device=dev))
-        if inc_rows:
-            idx = (torch.tensor(inc_rows, device=dev), torch.tensor(inc_slots, device=dev))
-            self.counts.index_put_(idx, torch.ones(len(inc_rows), device=dev), accumulate=True)
+            self.counts[torch.tensor(resets, dtype=torch.int64, device=dev)] = 0.0
+        if taken:
+            rows, slots, toks = zip(*taken)
+            idx = (torch.tensor(rows, device=dev), torch.tensor(slots, device=dev))
+            self.toks.index_put_(idx, torch.tensor(toks, dtype=torch.int64, device=dev))
+        if counted:
+            rows, slots = zip(*counted)
+            idx = (torch.tensor(rows, device=dev), torch.tensor(slots, device=dev))
+            self.counts.index_put_(idx, torch.ones(len(counted), device=dev), accumulate=True)
 
     def _ensure_capacity(self, needed: int) -> None:
         cap = self.toks.shape[1]
         if needed <= cap:
             return
         new_cap = max(needed, 2 * cap)
-        for name in ("toks", "counts", "in_prompt"):
+        for name in ("toks", "counts"):
             old = getattr(self, name)
             grown = torch.zeros(self.num_rows, new_cap, dtype=old.dtype, device=old.device)
             grown[:, :cap] = old
