@@ -176,6 +176,35 @@ def test_dummy_engine_generates_the_same_tokens_twice(config_only_dir, make_engi
     assert outs[0] == outs[1] and all(len(o) == 8 for o in outs[0])
 
 
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_int8_decode_logprobs_match_hf_with_dequantized_weights(tiny_model_dir, make_engine, backend):
+    """Decode steps of an int8 fp32 model: on the `cpu` backend through the compiled GEMV (fp32 activations), on
+    `torch` through torch's kernel (bf16 activations). Both stay on HF's dequantized model, token by token."""
+    from engine.kernels.cpu.int8_gemv import CpuInt8Gemv
+    from transformers import AutoModelForCausalLM
+
+    if backend == "cpu" and shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler")
+    eng = make_engine(tiny_model_dir, quantization="int8", attention_backend=backend)
+    gemvs = {type(m.gemv) for m in eng.loop.runner.model.modules() if isinstance(m, QuantizedLinear)}
+    assert gemvs == ({CpuInt8Gemv} if backend == "cpu" else {type(None)})
+    prompt = _prompts()[1]
+    out = eng.generate(input_ids=prompt, sampling_params={"max_new_tokens": 6, "temperature": 0, "ignore_eos": True},
+                       return_logprob=True, top_logprobs_num=2)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, lin in model.named_modules():
+            if name.rsplit(".", 1)[-1] in HF_PROJECTIONS:
+                lin.weight.copy_(dequantize_int8(*quantize_int8(lin.weight)))
+        ref = torch.log_softmax(model(torch.tensor([prompt + out["output_ids"]])).logits[0], dim=-1)
+    for k, (lp, tok, _) in enumerate(out["meta_info"]["output_token_logprobs"]):
+        row = ref[len(prompt) - 1 + k]
+        assert abs(lp - row[tok].item()) <= 0.01
+        top2 = row.topk(2).values
+        assert tok == row.argmax().item() or (top2[0] - top2[1]).item() < 0.05  # greedy, up to near ties
+
+
 @pytest.mark.parametrize("name,params,vocab,tied,kv_heads,head_dim", [
     ("qwen2.5-0.5b", 494_032_768, 151_936, True, 2, 64), ("qwen2.5-1.5b", 1_543_714_304, 151_936, True, 2, 128),
     ("qwen2.5-7b", 7_615_616_512, 152_064, False, 4, 128), ("qwen2.5-14b", 14_770_033_664, 152_064, False, 8, 128),

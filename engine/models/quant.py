@@ -9,7 +9,9 @@
 The kernels run with bf16 activations whatever the model's dtype: their fp32 path is scalar. Measured on the
 2-core AVX2-only dev VM, [M x 1536] @ [1536 x 2048]: int8 11.7 ms with fp32 activations against 0.22 ms with
 bf16 at M=1, 434 against 36 ms at M=64 (int4 alike). Inputs are cast to bf16 and outputs back, and the bias is
-added in the model's dtype. torchao 0.18 routes its CPU int4 layout to the same kernel and its int8 weight-only
+added in the model's dtype. Exception: an int8 layer given a compiled GEMV (`use_int8_gemv_kernel`, done by the
+`cpu` attention backend's ModelRunner) multiplies fp32 inputs of up to `kernel.max_rows` rows (decode steps) by
+it instead, with fp32 activations and scales (engine/kernels/cpu/int8_gemv.py: 1.3-1.9x torch's kernel there). torchao 0.18 routes its CPU int4 layout to the same kernel and its int8 weight-only
 layout through a per-call dequantize + dense matmul (measured in docs/quantization.md).
 
 Shapes the kernels cannot take are refused here with a ValueError, never handed to them: the int8 kernel
@@ -87,6 +89,7 @@ class QuantizedLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.method, self.group_size = method, group_size
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.gemv = None  # int8: engine.kernels.cpu.int8_gemv.CpuInt8Gemv for fp32 decode rows, when set
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None, method: str, group_size: int,
@@ -105,9 +108,9 @@ class QuantizedLinear(nn.Module):
             for block in weight.split(rows):
                 q, scale = quantize_int8(block)
                 qs.append(q)
-                scales.append(scale.to(KERNEL_DTYPE))
+                scales.append(scale)
             layer.register_buffer("qweight", torch.cat(qs))  # [N, K] int8
-            layer.register_buffer("scales", torch.cat(scales))  # [N]
+            layer.register_buffer("scales", torch.cat(scales))  # [N] fp32 (the GEMV's; torch's kernel gets bf16)
         else:
             packed, sz = [], []
             for block in weight.split(rows):
@@ -124,9 +127,12 @@ class QuantizedLinear(nn.Module):
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gemv is not None and x.dtype == torch.float32 and x.shape[0] <= self.gemv.max_rows:
+            out = self.gemv(x.contiguous(), self.qweight, self.scales)  # fp32 throughout
+            return out if self.bias is None else out + self.bias
         xk = x.to(KERNEL_DTYPE)
         if self.method == "int8":
-            out = torch.ops.aten._weight_int8pack_mm(xk, self.qweight, self.scales)
+            out = torch.ops.aten._weight_int8pack_mm(xk, self.qweight, self.scales.to(KERNEL_DTYPE))
         else:
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(xk, self.qweight, self.group_size,
                                                              self.scales_and_zeros)
@@ -137,3 +143,12 @@ class QuantizedLinear(nn.Module):
         group = f", group_size={self.group_size}" if self.method == "int4" else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"method={self.method}{group}, bias={self.bias is not None}")
+
+
+def use_int8_gemv_kernel(model: nn.Module, kernel) -> int:
+    """Give every int8 QuantizedLinear of `model` the compiled GEMV `kernel` (CpuInt8Gemv; None: torch's kernel
+    for every row count); return how many layers took it."""
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear) and m.method == "int8"]
+    for m in layers:
+        m.gemv = kernel
+    return len(layers)

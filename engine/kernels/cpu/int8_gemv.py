@@ -1,0 +1,65 @@
+"""The compiled CPU int8 weight-only GEMV (engine/kernels/cpu/csrc/int8_gemv.c): out = (x @ w.T) * scale for a few
+fp32 activation rows x [M, K] against int8 weights w [N, K] with one fp32 scale per output channel [N]. Decode
+steps (M up to GEMV_MAX_ROWS) of fp32 models quantized with `--quantization int8` go through it
+(engine/models/quant.py); larger M keeps torch's `_weight_int8pack_mm`.
+
+Measured on the 2-core AVX2 EPYC dev VM, weights streamed from DRAM (24 layers' worth of distinct matrices per pass,
+`python -m bench.model_speed.int8_gemv_speed`), against torch's kernel fed bf16: 1.8-1.9x at one row, 1.6x at two,
+1.3-1.5x at 4-16 (docs/quantization.md).
+"""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from engine.kernels.checks import check_shape, check_tensor
+from engine.kernels.cpu.build import build_library, check_kernel_rc
+
+SOURCE = Path(__file__).parent / "csrc" / "int8_gemv.c"
+GEMV_MAX_ROWS = 16  # above this the weight conversion is repeated too often: torch's kernel takes over
+
+
+class CpuInt8Gemv:
+    """The loaded library; `kernel(x, w, scale)` -> fp32 [M, N]. Callers send at most `max_rows` rows."""
+
+    max_rows = GEMV_MAX_ROWS
+
+    def __init__(self, cache_dir: Path | None = None, march: str = "native"):
+        """`march`: the compiler's target (e.g. "x86-64" builds the portable path only; tests check both)."""
+        self.path = build_library(SOURCE, cache_dir, march=march)
+        lib = ctypes.CDLL(str(self.path))
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        self._fn = lib.int8_gemv
+        self._fn.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
+        self._fn.restype = ctypes.c_int
+        self.vectorised = bool(lib.int8_gemv_vectorised())
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        """x fp32 [M, K], w int8 [N, K], scale fp32 [N] (all contiguous, CPU) -> fp32 [M, N] (into `out` if given)."""
+        cpu = torch.device("cpu")
+        check_tensor("w", w, ndim=2, dtypes=(torch.int8,), device=cpu, contiguous=True)
+        n, k = w.shape
+        if k == 0:
+            raise ValueError("w: the input width K must be >= 1")
+        check_tensor("x", x, ndim=2, dtypes=(torch.float32,), device=cpu, contiguous=True)
+        check_shape("x", x, (x.shape[0], k))
+        check_tensor("scale", scale, ndim=1, dtypes=(torch.float32,), device=cpu, contiguous=True)
+        check_shape("scale", scale, (n,))
+        m = x.shape[0]
+        if out is None:
+            out = torch.empty(m, n, dtype=torch.float32)
+        else:
+            check_tensor("out", out, ndim=2, dtypes=(torch.float32,), device=cpu, contiguous=True)
+            check_shape("out", out, (m, n))
+        if m and n:
+            check_kernel_rc("int8_gemv", self._fn(x.data_ptr(), w.data_ptr(), scale.data_ptr(), out.data_ptr(),
+                                                  m, n, k, torch.get_num_threads()))
+        return out
+
+
+def int8_gemv_reference(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The torch reference: fp32 [M, N] = (x @ w.T) * scale, in fp64 for a tight comparison."""
+    return ((x.double() @ w.double().t()) * scale.double()).float()
