@@ -35,6 +35,6 @@ def test_weight_bytes_count_what_is_stored(tiny_model_dir):
     per_layer = h * qkv + cfg.num_heads * cfg.head_dim * h + 3 * h * inter
     assert model_weight_bytes(dense) == 4 * (layers * per_layer + cfg.vocab_size * h)
     q8, _ = load_model(tiny_model_dir, "float32", quantization="int8")
-    # int8 values + one bf16 scale per output channel; the fp32 LM head is left as is
+    # int8 values + one fp32 scale per output channel; the fp32 LM head is left as is
     channels = layers * (qkv + h + 2 * inter + h)
-    assert model_weight_bytes(q8) == layers * per_layer + 2 * channels + 4 * cfg.vocab_size * h
+    assert model_weight_bytes(q8) == layers * per_layer + 4 * channels + 4 * cfg.vocab_size * h

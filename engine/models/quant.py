@@ -9,9 +9,11 @@
 The kernels run with bf16 activations whatever the model's dtype: their fp32 path is scalar. Measured on the
 2-core AVX2-only dev VM, [M x 1536] @ [1536 x 2048]: int8 11.7 ms with fp32 activations against 0.22 ms with
 bf16 at M=1, 434 against 36 ms at M=64 (int4 alike). Inputs are cast to bf16 and outputs back, and the bias is
-added in the model's dtype. Exception: an int8 layer given a compiled GEMV (`use_int8_gemv_kernel`, done by the
-`cpu` attention backend's ModelRunner) multiplies fp32 inputs of up to `kernel.max_rows` rows (decode steps) by
-it instead, with fp32 activations and scales (engine/kernels/cpu/int8_gemv.py: 1.3-1.9x torch's kernel there). torchao 0.18 routes its CPU int4 layout to the same kernel and its int8 weight-only
+added in the model's dtype. Exception: an int8 layer given the compiled int8 kernels (`use_int8_gemv_kernel`,
+done by the `cpu` attention backend's ModelRunner) computes fp32 inputs in fp32 with them instead
+(engine/kernels/cpu/int8_gemv.py): up to `kernel.max_rows` rows (decode steps) by a GEMV that streams the int8
+weight (1.3-1.9x torch's kernel there), more rows by a dense fp32 matmul of the weight dequantized into a scratch
+buffer (prefill: the fp32 matmul rate, where torch's kernel computes in emulated bf16 on an AVX2 CPU). torchao 0.18 routes its CPU int4 layout to the same kernel and its int8 weight-only
 layout through a per-call dequantize + dense matmul (measured in docs/quantization.md).
 
 Shapes the kernels cannot take are refused here with a ValueError, never handed to them: the int8 kernel
@@ -21,6 +23,7 @@ crashes the process (segfault) when the input width is not a multiple of 8, the 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.config import INT4_GROUP_SIZES
@@ -127,9 +130,11 @@ class QuantizedLinear(nn.Module):
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gemv is not None and x.dtype == torch.float32 and x.shape[0] <= self.gemv.max_rows:
-            out = self.gemv(x.contiguous(), self.qweight, self.scales)  # fp32 throughout
-            return out if self.bias is None else out + self.bias
+        if self.gemv is not None and x.dtype == torch.float32:  # fp32 throughout
+            if x.shape[0] <= self.gemv.max_rows:
+                out = self.gemv(x.contiguous(), self.qweight, self.scales)  # a fresh tensor: add in place
+                return out if self.bias is None else out.add_(self.bias)
+            return F.linear(x, self.gemv.dequantize(self.qweight, self.scales), self.bias)
         xk = x.to(KERNEL_DTYPE)
         if self.method == "int8":
             out = torch.ops.aten._weight_int8pack_mm(xk, self.qweight, self.scales.to(KERNEL_DTYPE))

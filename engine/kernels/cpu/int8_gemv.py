@@ -1,11 +1,15 @@
-"""The compiled CPU int8 weight-only GEMV (engine/kernels/cpu/csrc/int8_gemv.c): out = (x @ w.T) * scale for a few
-fp32 activation rows x [M, K] against int8 weights w [N, K] with one fp32 scale per output channel [N]. Decode
-steps (M up to GEMV_MAX_ROWS) of fp32 models quantized with `--quantization int8` go through it
-(engine/models/quant.py); larger M keeps torch's `_weight_int8pack_mm`.
+"""The compiled CPU int8 weight-only kernels (engine/kernels/cpu/csrc/int8_gemv.c) for fp32 activations, against
+int8 weights w [N, K] with one fp32 scale per output channel [N]:
 
-Measured on the 2-core AVX2 EPYC dev VM, weights streamed from DRAM (24 layers' worth of distinct matrices per pass,
-`python -m bench.model_speed.int8_gemv_speed`), against torch's kernel fed bf16: 1.8-1.9x at one row, 1.6x at two,
-1.3-1.5x at 4-16 (docs/quantization.md).
+- the GEMV: out = (x @ w.T) * scale for a few rows x [M, K] (M up to GEMV_MAX_ROWS: decode steps);
+- `dequantize`: the fp32 weight w * scale[:, None], into a scratch buffer the kernel object owns, for a dense fp32
+  matmul of many rows (prefill, large decode batches).
+
+fp32 models quantized with `--quantization int8` on the `cpu` backend use both (engine/models/quant.py): torch's
+`_weight_int8pack_mm` wants bf16 activations, which a CPU without native bf16 (AVX2) computes at a fraction of
+its fp32 rate. Measured on the 2-core AVX2 EPYC dev VM, weights streamed from DRAM (24 layers' worth of distinct
+matrices per pass, `python -m bench.model_speed.int8_gemv_speed`), against torch's kernel fed bf16: 1.7-1.9x at
+one row, 1.6x at two, 1.3-1.5x at 4-16 (docs/quantization.md).
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ GEMV_MAX_ROWS = 16  # above this the weight conversion is repeated too often: to
 
 
 class CpuInt8Gemv:
-    """The loaded library; `kernel(x, w, scale)` -> fp32 [M, N]. Callers send at most `max_rows` rows."""
+    """The loaded library; `kernel(x, w, scale)` -> fp32 [M, N] (callers send at most `max_rows` rows, more go
+    through `dequantize` and a dense matmul). One model thread uses an instance: the scratch is not shared safely."""
 
     max_rows = GEMV_MAX_ROWS
 
@@ -34,7 +39,27 @@ class CpuInt8Gemv:
         self._fn = lib.int8_gemv
         self._fn.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
         self._fn.restype = ctypes.c_int
+        self._dequantize = lib.int8_dequantize
+        self._dequantize.argtypes = [ptr, ptr, ptr, i64, i64, ctypes.c_int]
+        self._dequantize.restype = ctypes.c_int
         self.vectorised = bool(lib.int8_gemv_vectorised())
+        self._scratch = torch.empty(0, dtype=torch.float32)  # grows to the largest weight dequantized
+
+    def dequantize(self, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """w int8 [N, K], scale fp32 [N] -> the fp32 weight [N, K] = w * scale[:, None], a view of this object's
+        scratch buffer: valid until the next `dequantize` call (one buffer serves every layer of a model)."""
+        cpu = torch.device("cpu")
+        check_tensor("w", w, ndim=2, dtypes=(torch.int8,), device=cpu, contiguous=True)
+        n, k = w.shape
+        check_tensor("scale", scale, ndim=1, dtypes=(torch.float32,), device=cpu, contiguous=True)
+        check_shape("scale", scale, (n,))
+        if self._scratch.numel() < n * k:
+            self._scratch = torch.empty(n * k, dtype=torch.float32)
+        out = self._scratch[:n * k].view(n, k)
+        if n and k:
+            check_kernel_rc("int8_dequantize", self._dequantize(w.data_ptr(), scale.data_ptr(), out.data_ptr(),
+                                                                n, k, torch.get_num_threads()))
+        return out
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
                  out: torch.Tensor | None = None) -> torch.Tensor:

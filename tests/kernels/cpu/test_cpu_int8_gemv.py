@@ -68,10 +68,22 @@ def test_bad_input_names_the_argument(kernel, args, match):
         kernel(**call)
 
 
-@pytest.mark.parametrize("rows", [1, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1])
-def test_quantized_linear_routes_decode_rows_through_the_kernel(rows, gen):
-    """fp32 rows up to GEMV_MAX_ROWS take the compiled kernel (fp32 activations: closer to the dequantized
-    reference than torch's bf16 path); more rows take torch's kernel. Both agree with the reference."""
+@pytest.mark.parametrize("n,k", [(3, 13), (37, 64), (130, 96)])
+def test_dequantize_equals_torch_and_reuses_its_scratch(kernel, gen, n, k):
+    big_w, big_s = _inputs(gen, 1, 2 * n, k)[1:]
+    kernel.dequantize(big_w, big_s)
+    kernel._scratch.fill_(float("nan"))  # poisoned: the smaller weight must overwrite what it returns
+    x, w, scale = _inputs(gen, 1, n, k)
+    got = kernel.dequantize(w, scale)
+    assert got.shape == (n, k) and got.dtype == torch.float32
+    assert torch.equal(got, w.float() * scale[:, None])  # one rounding, the same as torch's
+
+
+@pytest.mark.parametrize("rows", [1, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1, 130])
+def test_quantized_linear_takes_the_compiled_kernels_for_fp32(rows, gen):
+    """fp32 rows take the compiled GEMV (up to GEMV_MAX_ROWS) or the dequantized weight's dense matmul: fp32
+    activations, so both sit on the dequantized reference to fp32 rounding, closer than torch's bf16 kernel; bf16
+    rows always take torch's kernel."""
     from engine.models.quant import QuantizedLinear, dequantize_int8, quantize_int8, use_int8_gemv_kernel
 
     w = torch.randn(48, 64, generator=gen) * 0.05
@@ -82,10 +94,8 @@ def test_quantized_linear_routes_decode_rows_through_the_kernel(rows, gen):
     torch_path, bf16_path = layer(x), layer(x.bfloat16())
     assert use_int8_gemv_kernel(layer, CpuInt8Gemv()) == 1
     ours = layer(x)
-    tol = 2 ** -7 * ref.abs().max().item()
-    assert (torch_path - ref).abs().max().item() <= tol
-    if rows <= GEMV_MAX_ROWS:
-        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
-    else:
-        assert torch.equal(ours, torch_path)
+    scale = ref.abs().max().item()
+    assert (torch_path - ref).abs().max().item() <= 2 ** -7 * scale
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * scale)
+    assert (ours - ref).abs().max() < (torch_path - ref).abs().max()
     assert torch.equal(layer(x.bfloat16()), bf16_path)  # bf16 models keep torch's kernel

@@ -1,4 +1,5 @@
-/* Weight-only int8 matrix times a few fp32 activation rows, for CPUs (built by engine/kernels/cpu/int8_gemv.py).
+/* Weight-only int8 matrix times a few fp32 activation rows, for CPUs (built by engine/kernels/cpu/int8_gemv.py),
+ * and the dequantization that lets many rows go through a dense fp32 matmul instead.
  *
  * out[m, n] = scale[n] * sum_k x[m, k] * w[n, k]   (x fp32 [M, K], w int8 [N, K] row-major, scale fp32 [N],
  * out fp32 [M, N]; all contiguous). Sums in fp32, in 8 lanes of k then across lanes: another order than a torch
@@ -99,6 +100,20 @@ static void row_generic(const float *x, const int8_t *w, const float *scale, flo
         for (int64_t k = 0; k < K; ++k) sum += xm[k] * (float)wn[k];
         out[m * N + n] = sum * scale[n];
     }
+}
+
+/* out[n, k] = w[n, k] * scale[n] (fp32 [N, K]): the dense weight the matmul of many rows multiplies by */
+int int8_dequantize(const int8_t *w, const float *scale, float *out, int64_t N, int64_t K, int num_threads) {
+    if (N < 0 || K <= 0) return 1;
+#pragma omp parallel for schedule(static) num_threads(num_threads > 0 ? num_threads : 1)
+    for (int64_t n = 0; n < N; ++n) {
+        const int8_t *wn = w + n * K;
+        float *on = out + n * K;
+        const float s = scale[n];
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k) on[k] = (float)wn[k] * s;
+    }
+    return 0;
 }
 
 /* 1 when the AVX2 + FMA path was compiled in */
