@@ -26,7 +26,7 @@ SOURCE = Path(__file__).parent / "csrc" / "int4_gemv.c"
 AVX2_MARCH = "x86-64-v3"  # AVX2 + FMA, no AVX-512: the vector path's target
 CPU = torch.device("cpu")
 # how far ahead of its weight reads the vector path prefetches (swept by bench/model_speed/int4_gemv_speed.py)
-PREFETCH_BYTES = 1024
+PREFETCH_BYTES = 2048
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def int4_gemv_reference(x: torch.Tensor, q: torch.Tensor, scales_and_zeros: torc
 
 def _plain(t, dtype: torch.dtype, ndim: int) -> bool:
     """The common case, cheaply: a contiguous CPU tensor of `dtype` and rank `ndim` (else the full checks run)."""
-    return (isinstance(t, torch.Tensor) and t.dtype == dtype and t.dim() == ndim and t.device.type == "cpu"
+    return (isinstance(t, torch.Tensor) and t.dtype == dtype and t.dim() == ndim and t.is_cpu
             and t.is_contiguous())
 
 
