@@ -46,6 +46,7 @@ enum { INT4_OK = 0, INT4_BAD_SHAPE = 1, INT4_NO_MEMORY = 2 };
 
 int int4_gemv_vectorised(void) { return INT4_VECTOR; }
 
+#if !INT4_VECTOR
 /* q[n, k] of the packed layout (the portable path; the vector path walks the same addresses in chunks) */
 static inline int q_at(const uint8_t *w, int64_t n, int64_t k, int64_t N, int64_t K, int64_t B, int interleaved) {
     const int64_t b = n / B, r = n - b * B, nb = (N - b * B < B) ? N - b * B : B;
@@ -76,7 +77,7 @@ static void gemv_generic(const float *x, const uint8_t *w, const uint16_t *sz, c
         }
 }
 
-#if INT4_VECTOR
+#else
 /* A unit: `nc` chunks (1 or 2) of 8 bytes per k at w + k * stride. Chunk c's low nibbles are rows lo[c] + 0..7,
  * high nibbles rows hi[c] + 0..7 (interleaved), or, in pairs mode, rows base + 16 c + (0, 2, .., 14) and
  * (1, 3, .., 15). */
@@ -112,13 +113,14 @@ static inline __m256i load_sz(const uint32_t *sz, const Unit *t, int c, int high
     return _mm256_castpd_si256(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
-/* dot(x[m0 + t, group], q[row, group]) for T rows of x and the unit's 4 (2 if nc == 1) lane vectors -> d[t][v] */
+/* dot(x[m0 + i, group], q[row, group]) for T rows of x and the 2 nc lane vectors of chunks c0 .. c0 + nc - 1
+ * -> d[i][v] (v = 2 (c - c0) + high) */
 static inline __attribute__((always_inline)) void group_dots(const Unit *t, const uint8_t *w, const float *x,
                                                            int64_t K, int64_t G, const int T, const int nc,
-                                                           int64_t pf, __m256 d[2][4]) {
+                                                           const int c0, int64_t pf, __m256 d[4][4]) {
     const __m256i m15 = _mm256_set1_epi32(15);
     const int P = T == 1 ? 2 : 1; /* independent k phases: 8 FMA chains in flight either way */
-    __m256 a[2][2][4];
+    __m256 a[2][4][4];
     for (int p = 0; p < P; p++)
         for (int i = 0; i < T; i++)
             for (int v = 0; v < 2 * nc; v++) a[p][i][v] = _mm256_setzero_ps();
@@ -133,7 +135,7 @@ static inline __attribute__((always_inline)) void group_dots(const Unit *t, cons
             const int p = kk % P;
             const uint8_t *wk = w + (k + kk) * stride;
             for (int c = 0; c < nc; c++) {
-                const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(wk + 8 * c)));
+                const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(wk + 8 * (c0 + c))));
                 const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(b, m15));
                 const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
                 for (int i = 0; i < T; i++) {
@@ -149,28 +151,28 @@ static inline __attribute__((always_inline)) void group_dots(const Unit *t, cons
 }
 
 /* acc[i][v] += s * d + (z - 8 s) * gsum[i], for the T rows of x of a tile */
-static inline __attribute__((always_inline)) void apply_group(const Unit *t, const uint32_t *szg, __m256 d[2][4],
+static inline __attribute__((always_inline)) void apply_group(const Unit *t, const uint32_t *szg, __m256 d[4][4],
                                                             const float *gs, int64_t gstride, const int T,
-                                                            const int nc, float (*acc)[32]) {
+                                                            const int nc, const int c0, float (*acc)[32]) {
     const __m256i hi_mask = _mm256_set1_epi32((int)0xffff0000u);
     for (int v = 0; v < 2 * nc; v++) {
-        const __m256i w = load_sz(szg, t, v / 2, v & 1);
+        const __m256i w = load_sz(szg, t, c0 + v / 2, v & 1);
         const __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
         const __m256 z = _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), s, _mm256_castsi256_ps(_mm256_and_si256(w, hi_mask)));
         for (int i = 0; i < T; i++) {
-            __m256 r = _mm256_loadu_ps(acc[i] + 8 * v);
+            __m256 r = _mm256_loadu_ps(acc[i] + 8 * (2 * c0 + v));
             r = _mm256_fmadd_ps(s, d[i][v], r);
             r = _mm256_fmadd_ps(z, _mm256_broadcast_ss(gs + i * gstride), r);
-            _mm256_storeu_ps(acc[i] + 8 * v, r);
+            _mm256_storeu_ps(acc[i] + 8 * (2 * c0 + v), r);
         }
     }
 }
 
-#define TILE(T, NC)                                                                                             \
+#define TILE(T, NC, C0)                                                                                         \
     do {                                                                                                        \
-        __m256 d[2][4];                                                                                         \
-        group_dots(&t, wg, x + (m0 + m) * K + g * G, K, G, T, NC, m == 0 ? pf : 0, d);                          \
-        apply_group(&t, szg, d, gsum + (m0 + m) * groups + g, groups, T, NC, acc + m);                          \
+        __m256 d[4][4];                                                                                         \
+        group_dots(&t, wg, x + (m0 + m) * K + g * G, K, G, T, NC, C0, m == 0 ? pf : 0, d);                      \
+        apply_group(&t, szg, d, gsum + (m0 + m) * groups + g, groups, T, NC, C0, acc + m);                      \
     } while (0)
 
 static void gemv_vector(const float *x, const uint8_t *w, const uint16_t *sz, const float *gsum, float *out,
@@ -195,12 +197,16 @@ static void gemv_vector(const float *x, const uint8_t *w, const uint16_t *sz, co
                     _mm_prefetch((const char *)(ahead + t.hi[c] + 8), _MM_HINT_T0);
                 }
                 int64_t m = 0;
+                for (; m + 4 <= mc; m += 4) { /* 4 rows of x share each widened chunk: one chunk per pass */
+                    TILE(4, 1, 0);
+                    if (t.nc == 2) TILE(4, 1, 1);
+                }
                 if (t.nc == 2) {
-                    for (; m + 2 <= mc; m += 2) TILE(2, 2);
-                    if (m < mc) TILE(1, 2);
+                    for (; m + 2 <= mc; m += 2) TILE(2, 2, 0);
+                    if (m < mc) TILE(1, 2, 0);
                 } else {
-                    for (; m + 2 <= mc; m += 2) TILE(2, 1);
-                    if (m < mc) TILE(1, 1);
+                    for (; m + 2 <= mc; m += 2) TILE(2, 1, 0);
+                    if (m < mc) TILE(1, 1, 0);
                 }
             }
             for (int64_t m = 0; m < mc; m++) { /* lane order back to rows */
