@@ -22,10 +22,11 @@
  * two 8-lane vectors (low nibbles, high nibbles), rows in SIMD lanes and x[m, k] broadcast. Threads take units
  * 4 at a time; software prefetch runs `prefetch_bytes` ahead of the first m-tile's weight reads, and 2 groups
  * ahead on the scales. Groups are the outer loop inside a unit, so a group's weights (16 G bytes) stay in L1
- * across the m-tiles (2 rows of x each; 1 row: k unrolled by 2 instead).
+ * across the m-tiles (4 rows of x on one chunk at a time, then 2 rows on both; a last row alone unrolls k by 2 so
+ * that 8 FMA chains stay in flight).
  * The inner step (2 widenings, 2 masks / shifts, 4 int -> float conversions, 4 FMAs per k and 32 rows) keeps
- * the FP pipes busy: on the 2-core AVX2 dev VM about 1.6 ns per k per core from L1, so at M = 1 one core computes
- * about as fast as it can stream from DRAM.
+ * the FP pipes busy: on the 2-core AVX2 dev VM about 1.5-1.9 ns per k per core from L1, so at M = 1 one core
+ * computes about as fast as it can stream from DRAM.
  */
 #include <stdint.h>
 #include <stdlib.h>
