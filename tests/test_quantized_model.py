@@ -177,18 +177,23 @@ def test_dummy_engine_generates_the_same_tokens_twice(config_only_dir, make_engi
 
 
 
+@pytest.mark.parametrize("method,group", [("int8", 128), ("int4", 32)])
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
-def test_int8_decode_logprobs_match_hf_with_dequantized_weights(tiny_model_dir, make_engine, backend):
-    """Decode steps of an int8 fp32 model: on the `cpu` backend through the compiled GEMV (fp32 activations), on
-    `torch` through torch's kernel (bf16 activations). Both stay on HF's dequantized model, token by token."""
+def test_decode_logprobs_match_hf_with_dequantized_weights(tiny_model_dir, make_engine, backend, method, group):
+    """Prefill and decode of a quantized fp32 model: on the `cpu` backend through the compiled kernels (fp32
+    activations: dense matmuls of the dequantized weight for the prompt, GEMVs for decode steps), on `torch`
+    through torch's kernels (bf16 activations). Both stay on HF's dequantized model, token by token."""
+    from engine.kernels.cpu.int4_gemv import CpuInt4Gemv, torch_int4pack_layout
     from engine.kernels.cpu.int8_gemv import CpuInt8Gemv
     from transformers import AutoModelForCausalLM
 
     if backend == "cpu" and shutil.which(os.environ.get("CC", "cc")) is None:
         pytest.skip("no C compiler")
-    eng = make_engine(tiny_model_dir, quantization="int8", attention_backend=backend)
+    eng = make_engine(tiny_model_dir, quantization=method, quant_group_size=group, attention_backend=backend)
+    kernel = CpuInt8Gemv if method == "int8" else CpuInt4Gemv
+    compiled = backend == "cpu" and (method == "int8" or torch_int4pack_layout() is not None)
     gemvs = {type(m.gemv) for m in eng.loop.runner.model.modules() if isinstance(m, QuantizedLinear)}
-    assert gemvs == ({CpuInt8Gemv} if backend == "cpu" else {type(None)})
+    assert gemvs == ({kernel} if compiled else {type(None)})
     prompt = _prompts()[1]
     out = eng.generate(input_ids=prompt, sampling_params={"max_new_tokens": 6, "temperature": 0, "ignore_eos": True},
                        return_logprob=True, top_logprobs_num=2)
@@ -196,7 +201,9 @@ def test_int8_decode_logprobs_match_hf_with_dequantized_weights(tiny_model_dir, 
     with torch.no_grad():
         for name, lin in model.named_modules():
             if name.rsplit(".", 1)[-1] in HF_PROJECTIONS:
-                lin.weight.copy_(dequantize_int8(*quantize_int8(lin.weight)))
+                w = lin.weight
+                lin.weight.copy_(dequantize_int8(*quantize_int8(w)) if method == "int8"
+                                 else dequantize_int4(*quantize_int4(w, group)))
         ref = torch.log_softmax(model(torch.tensor([prompt + out["output_ids"]])).logits[0], dim=-1)
     for k, (lp, tok, _) in enumerate(out["meta_info"]["output_token_logprobs"]):
         row = ref[len(prompt) - 1 + k]

@@ -9,11 +9,11 @@
 The kernels run with bf16 activations whatever the model's dtype: their fp32 path is scalar. Measured on the
 2-core AVX2-only dev VM, [M x 1536] @ [1536 x 2048]: int8 11.7 ms with fp32 activations against 0.22 ms with
 bf16 at M=1, 434 against 36 ms at M=64 (int4 alike). Inputs are cast to bf16 and outputs back, and the bias is
-added in the model's dtype. Exception: an int8 layer given the compiled int8 kernels (`use_int8_gemv_kernel`,
-done by the `cpu` attention backend's ModelRunner) computes fp32 inputs in fp32 with them instead
-(engine/kernels/cpu/int8_gemv.py): up to `kernel.max_rows` rows (decode steps) by a GEMV that streams the int8
-weight (1.3-1.9x torch's kernel there), more rows by a dense fp32 matmul of the weight dequantized into a scratch
-buffer (prefill: the fp32 matmul rate, where torch's kernel computes in emulated bf16 on an AVX2 CPU). torchao 0.18 routes its CPU int4 layout to the same kernel and its int8 weight-only
+added in the model's dtype. Exception: a layer given compiled kernels (`use_quant_kernel`, done by the `cpu`
+attention backend's ModelRunner) computes fp32 inputs in fp32 with them instead (engine/kernels/cpu/int8_gemv.py,
+int4_gemv.py, reading the same buffers): up to `kernel.max_rows` rows (decode steps) by a GEMV that streams the
+quantized weight (1.3-2.1x torch's kernels there), more rows by a dense fp32 matmul of the weight dequantized into
+a scratch buffer (prefill: near the fp32 matmul rate, where torch's kernels compute in emulated bf16 on AVX2). torchao 0.18 routes its CPU int4 layout to the same kernel and its int8 weight-only
 layout through a per-call dequantize + dense matmul (measured in docs/quantization.md).
 
 Shapes the kernels cannot take are refused here with a ValueError, never handed to them: the int8 kernel
@@ -92,7 +92,7 @@ class QuantizedLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.method, self.group_size = method, group_size
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-        self.gemv = None  # int8: engine.kernels.cpu.int8_gemv.CpuInt8Gemv for fp32 decode rows, when set
+        self.gemv = None  # CpuInt8Gemv / CpuInt4Gemv (engine/kernels/cpu) for fp32 inputs, when set
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None, method: str, group_size: int,
@@ -131,10 +131,12 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gemv is not None and x.dtype == torch.float32:  # fp32 throughout
+            operands = ((self.qweight, self.scales) if self.method == "int8"
+                        else (self.qweight, self.scales_and_zeros, self.group_size))
             if x.shape[0] <= self.gemv.max_rows:
-                out = self.gemv(x.contiguous(), self.qweight, self.scales)  # a fresh tensor: add in place
+                out = self.gemv(x.contiguous(), *operands)  # a fresh tensor: add in place
                 return out if self.bias is None else out.add_(self.bias)
-            return F.linear(x, self.gemv.dequantize(self.qweight, self.scales), self.bias)
+            return F.linear(x, self.gemv.dequantize(*operands), self.bias)
         xk = x.to(KERNEL_DTYPE)
         if self.method == "int8":
             out = torch.ops.aten._weight_int8pack_mm(xk, self.qweight, self.scales.to(KERNEL_DTYPE))
@@ -150,10 +152,11 @@ class QuantizedLinear(nn.Module):
                 f"method={self.method}{group}, bias={self.bias is not None}")
 
 
-def use_int8_gemv_kernel(model: nn.Module, kernel) -> int:
-    """Give every int8 QuantizedLinear of `model` the compiled GEMV `kernel` (CpuInt8Gemv; None: torch's kernel
-    for every row count); return how many layers took it."""
-    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear) and m.method == "int8"]
+def use_quant_kernel(model: nn.Module, method: str, kernel) -> int:
+    """Give every QuantizedLinear of `model` quantized with `method` the compiled kernel for fp32 inputs
+    (engine.kernels.cpu.int8_gemv.CpuInt8Gemv for int8, engine.kernels.cpu.int4_gemv.CpuInt4Gemv for int4; None:
+    torch's kernels for every input); return how many layers took it."""
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear) and m.method == method]
     for m in layers:
         m.gemv = kernel
     return len(layers)

@@ -27,6 +27,7 @@ AVX2_MARCH = "x86-64-v3"  # AVX2 + FMA, no AVX-512: the vector path's target
 CPU = torch.device("cpu")
 # how far ahead of its weight reads the vector path prefetches (swept by bench/model_speed/int4_gemv_speed.py)
 PREFETCH_BYTES = 2048
+GEMV_MAX_ROWS = 16  # measured up to here (bench/model_speed/int4_gemv_speed.py); prefill sizes dequantize
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,11 @@ def _check_weights(k: int, qweight, scales_and_zeros, group_size) -> None:
 
 
 class CpuInt4Gemv:
-    """The loaded library; call it as kernel(x, qweight, scales_and_zeros, group_size, out=None) -> out."""
+    """The loaded library; call it as kernel(x, qweight, scales_and_zeros, group_size, out=None) -> out for up to
+    `max_rows` rows of x; more rows go through `dequantize` and a dense fp32 matmul (engine/models/quant.py). One
+    model thread uses an instance: the dequantization scratch is not shared safely."""
+
+    max_rows = GEMV_MAX_ROWS
 
     def __init__(self, cache_dir: Path | None = None, generic: bool = False, march: str = "native",
                  layout: Int4PackLayout | None = None, prefetch_bytes: int = PREFETCH_BYTES):
@@ -115,7 +120,27 @@ class CpuInt4Gemv:
         self._fn = lib.int4_gemv
         self._fn.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int, i64]
         self._fn.restype = ctypes.c_int
+        self._dequantize = lib.int4_dequantize
+        self._dequantize.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
+        self._dequantize.restype = ctypes.c_int
         self.vectorised = bool(lib.int4_gemv_vectorised())
+        self._scratch = torch.empty(0, dtype=torch.float32)  # grows to the largest weight dequantized
+
+    def dequantize(self, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+        """The fp32 weight [N, K] = (q - 8) * scale + zero of packed `qweight` (operands as for a call), a view of
+        this object's scratch buffer: valid until the next `dequantize` call (one buffer serves every layer)."""
+        k = 2 * qweight.shape[1] if isinstance(qweight, torch.Tensor) and qweight.dim() == 2 else 0
+        if not _weights_fit(k, qweight, scales_and_zeros, group_size):
+            _check_weights(k, qweight, scales_and_zeros, group_size)
+        n = qweight.shape[0]
+        if self._scratch.numel() < n * k:
+            self._scratch = torch.empty(n * k, dtype=torch.float32)
+        out = self._scratch[:n * k].view(n, k)
+        if n:
+            check_kernel_rc("int4_dequantize", self._dequantize(
+                qweight.data_ptr(), scales_and_zeros.data_ptr(), out.data_ptr(), n, k, group_size,
+                self.layout.block_n, int(self.layout.interleaved), torch.get_num_threads()))
+        return out
 
     def __call__(self, x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
                  out: torch.Tensor | None = None) -> torch.Tensor:

@@ -129,6 +129,45 @@ def test_engine_int4_buffers(build, gen):
     assert _rel_err(got, want) <= 1e-2  # the layer's scales and zeros are stored in bf16
 
 
+
+@pytest.mark.parametrize("n,k,group", [(16, 64, 32), (208, 256, 32), (112, 512, 256)])
+def test_dequantize_equals_reference_and_reuses_its_scratch(build, gen, n, k, group):
+    """Every layout, tail blocks included; the scratch is poisoned after a bigger weight was dequantized."""
+    cache, kwargs = build
+    for layout in X86_LAYOUTS.values():
+        kernel = CpuInt4Gemv(cache, layout=layout, **kwargs)
+        _, big_q, big_sz = _operands(gen, 1, 2 * n, k, group)
+        kernel.dequantize(pack_like_torch(big_q, layout), big_sz, group)
+        kernel._scratch.fill_(float("nan"))
+        _, q, sz = _operands(gen, 1, n, k, group)
+        got = kernel.dequantize(pack_like_torch(q, layout), sz, group)
+        s = sz.float().repeat_interleave(group, dim=0)  # [K, N, 2]
+        want = (q.float() - 8.0) * s[..., 0].t() + s[..., 1].t()
+        assert got.shape == (n, k) and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("rows", [1, 16, 17, 130])
+def test_quantized_linear_takes_the_kernels_for_fp32(gen, rows):
+    """fp32 rows go through the GEMV (up to max_rows) or the dequantized weight's dense matmul, both in fp32 and
+    so closer to the layer's own dequantized weight than torch's bf16 kernel; bf16 rows keep torch's kernel."""
+    from engine.models.quant import QuantizedLinear, quantize_int4, use_quant_kernel
+
+    w = torch.randn(96, 256, generator=gen) * 0.05
+    bias = torch.randn(96, generator=gen)
+    layer = QuantizedLinear.from_dense(w, bias, "int4", 64)
+    x = torch.randn(rows, 256, generator=gen)
+    q, scale, lo = quantize_int4(w, 64)  # the layer keeps scale and zero = lo + 8 scale in bf16
+    zero = (lo + 8.0 * scale).bfloat16().float().repeat_interleave(64, dim=1)
+    deq = (q.float() - 8.0) * scale.bfloat16().float().repeat_interleave(64, dim=1) + zero
+    ref = x @ deq.t() + bias
+    kernel = CpuInt4Gemv()
+    torch_path, bf16_path = layer(x), layer(x.bfloat16())
+    assert use_quant_kernel(layer, "int4", kernel) == 1 and use_quant_kernel(layer, "int8", kernel) == 0
+    ours = layer(x)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    assert (ours - ref).abs().max() < (torch_path - ref).abs().max()
+    assert torch.equal(layer(x.bfloat16()), bf16_path)
+
 def test_empty_batch(build):
     cache, kwargs = build
     q = torch.zeros(32, 32, dtype=torch.uint8)

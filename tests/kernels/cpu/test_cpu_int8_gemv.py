@@ -84,7 +84,7 @@ def test_quantized_linear_takes_the_compiled_kernels_for_fp32(rows, gen):
     """fp32 rows take the compiled GEMV (up to GEMV_MAX_ROWS) or the dequantized weight's dense matmul: fp32
     activations, so both sit on the dequantized reference to fp32 rounding, closer than torch's bf16 kernel; bf16
     rows always take torch's kernel."""
-    from engine.models.quant import QuantizedLinear, dequantize_int8, quantize_int8, use_int8_gemv_kernel
+    from engine.models.quant import QuantizedLinear, dequantize_int8, quantize_int8, use_quant_kernel
 
     w = torch.randn(48, 64, generator=gen) * 0.05
     bias = torch.randn(48, generator=gen)
@@ -92,7 +92,7 @@ def test_quantized_linear_takes_the_compiled_kernels_for_fp32(rows, gen):
     x = torch.randn(rows, 64, generator=gen)
     ref = x @ dequantize_int8(*quantize_int8(w)).t() + bias
     torch_path, bf16_path = layer(x), layer(x.bfloat16())
-    assert use_int8_gemv_kernel(layer, CpuInt8Gemv()) == 1
+    assert use_quant_kernel(layer, "int8", CpuInt8Gemv()) == 1
     ours = layer(x)
     scale = ref.abs().max().item()
     assert (torch_path - ref).abs().max().item() <= 2 ** -7 * scale
