@@ -27,7 +27,7 @@ AVX2_MARCH = "x86-64-v3"  # AVX2 + FMA, no AVX-512: the vector path's target
 CPU = torch.device("cpu")
 # how far ahead of its weight reads the vector path prefetches (swept by bench/model_speed/int4_gemv_speed.py)
 PREFETCH_BYTES = 2048
-GEMV_MAX_ROWS = 16  # measured up to here (bench/model_speed/int4_gemv_speed.py); prefill sizes dequantize
+GEMV_MAX_ROWS = 64  # decode batches; prefill-sized inputs dequantize once and run a dense fp32 matmul
 
 
 @dataclass(frozen=True)

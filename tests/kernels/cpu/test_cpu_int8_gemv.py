@@ -29,7 +29,7 @@ def _inputs(gen, m, n, k):
 
 # N not a multiple of the 4-row block (1, 3, 21, 37); K not a multiple of 8 (13, 75); blocks enough to prefetch
 @pytest.mark.parametrize("n,k", [(1, 8), (3, 13), (21, 75), (37, 64), (64, 200), (130, 96)])
-@pytest.mark.parametrize("m", [1, 2, 3, 5, 16])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 16, 65])
 def test_matches_reference_and_fills_every_output(kernel, gen, m, n, k):
     x, w, scale = _inputs(gen, m, n, k)
     out = torch.full((m, n), float("nan"))  # poisoned: every element must be written

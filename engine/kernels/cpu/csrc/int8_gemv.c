@@ -18,6 +18,9 @@
 
 #define ROWS 4                  /* weight rows per block */
 #define PREFETCH_BLOCKS 2       /* how many blocks ahead the software prefetch reads */
+/* blocks a thread takes at a time: a dynamic split keeps both cores streaming when one is held up (the int4
+ * kernel measured 10 against 14.5 GB/s for a static one), in runs long enough for the prefetch to pay */
+#define DYNAMIC_BLOCKS 8
 
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -134,7 +137,7 @@ int int8_gemv(const float *x, const int8_t *w, const float *scale, float *out, i
     const int64_t blocks = N / ROWS;
 #pragma omp parallel num_threads(threads)
     {
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, DYNAMIC_BLOCKS) nowait
         for (int64_t b = 0; b < blocks; ++b) block_avx2(x, w, scale, out, M, N, K, b * ROWS);
 #pragma omp for schedule(static)
         for (int64_t n = blocks * ROWS; n < N; ++n) row_generic(x, w, scale, out, M, N, K, n);
