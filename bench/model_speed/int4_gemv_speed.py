@@ -18,21 +18,8 @@ import time
 
 import torch
 
+from bench.model_speed.int8_gemv_speed import SHAPES, best_seconds
 from engine.kernels.cpu.int4_gemv import CpuInt4Gemv
-
-# (N, K) of a decoder layer's linears: fused qkv, o_proj, fused gate_up, down_proj (Qwen2.5 configs)
-SHAPES = {"0.5B": [(1152, 896), (896, 896), (9728, 896), (896, 4864)],
-          "1.5B": [(2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960)]}
-
-
-def best_s(fn, repeats: int) -> float:
-    fn()  # warm: pages touched, library loaded
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main(argv=None) -> None:
@@ -74,10 +61,10 @@ def main(argv=None) -> None:
                 for (q, sz), out in zip(mats, outs):
                     kernel(xs[2 * q.shape[1]], q, sz, a.group, out=out)
 
-            t_torch = best_s(torch_pass, a.repeats)
+            t_torch = best_seconds(torch_pass, a.repeats)
             cells = [f"{t_torch * 1e3:.1f}", f"{total / t_torch / 1e9:.1f}"]
             for kernel in kernels:
-                t = best_s(lambda: kernel_pass(kernel), a.repeats)
+                t = best_seconds(lambda: kernel_pass(kernel), a.repeats)
                 cells += [f"{t * 1e3:.1f}", f"{total / t / 1e9:.1f}", f"{t_torch / t:.2f}"]
             print(f"| {model} | {m} | {total / 1e6:.0f} | " + " | ".join(cells) + " |", flush=True)
         del mats

@@ -18,14 +18,14 @@ import torch
 
 from engine.kernels.cpu.int8_gemv import CpuInt8Gemv
 
-SHAPES = {  # (N, K) of one decoder layer's projections
-    "qwen2.5-0.5b": [(1152, 896), (896, 896), (9728, 896), (896, 4864)],
-    "qwen2.5-1.5b": [(2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960)],
+SHAPES = {  # (N, K) of one decoder layer's projections: fused qkv, o, fused gate_up, down (Qwen2.5 configs)
+    "0.5B": [(1152, 896), (896, 896), (9728, 896), (896, 4864)],
+    "1.5B": [(2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960)],
 }
 
 
 def best_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
+    fn()  # warm-up: pages touched, library loaded
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
