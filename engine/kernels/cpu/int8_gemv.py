@@ -3,13 +3,13 @@ int8 weights w [N, K] with one fp32 scale per output channel [N]:
 
 - the GEMV: out = (x @ w.T) * scale for a few rows x [M, K] (M up to GEMV_MAX_ROWS: decode steps);
 - `dequantize`: the fp32 weight w * scale[:, None], into a scratch buffer the kernel object owns, for a dense fp32
-  matmul of many rows (prefill, large decode batches).
+  matmul of more rows (prefill).
 
 fp32 models quantized with `--quantization int8` on the `cpu` backend use both (engine/models/quant.py): torch's
 `_weight_int8pack_mm` wants bf16 activations, which a CPU without native bf16 (AVX2) computes at a fraction of
 its fp32 rate. Measured on the 2-core AVX2 EPYC dev VM, weights streamed from DRAM (24 layers' worth of distinct
-matrices per pass, `python -m bench.model_speed.int8_gemv_speed`), against torch's kernel fed bf16: 1.7-1.9x at
-one row, 1.6x at two, 1.3-1.5x at 4-16 (docs/quantization.md).
+matrices per pass, `python -m bench.model_speed.int8_gemv_speed`), against torch's kernel fed bf16, over two runs:
+1.2-2.0x at one row, 1.1-1.5x at 2-16, 1.4-1.6x at 64 (docs/quantization.md).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
  * out fp32 [M, N]; all contiguous). Sums in fp32, in 8 lanes of k then across lanes: another order than a torch
  * matmul, so results agree to fp32 rounding, not bitwise.
  *
- * Why: at decode sizes (M of 1 to 16) the product is a stream over the weight. torch's _weight_int8pack_mm wants
+ * Why: at decode sizes (M of 1 to 64) the product is a stream over the weight. torch's _weight_int8pack_mm wants
  * bf16 activations (its fp32 path is scalar) and streams int8 weights from DRAM at 5-10 GB/s on an AVX2 EPYC,
  * against 17+ GB/s for oneDNN's fp32 GEMV on the same VM. The AVX2 path here keeps four weight rows in flight,
  * converts each 8 int8 once for two activation rows, and prefetches the rows two blocks ahead so the stream does
