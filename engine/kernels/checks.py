@@ -40,3 +40,10 @@ def check_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
     """Raise ValueError naming `name` when `t.shape != shape`."""
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def is_plain(t, dtype: torch.dtype, ndim: int) -> bool:
+    """The common case of a CPU kernel's operand, cheaply: a contiguous CPU tensor of `dtype` and rank `ndim`.
+    Wrappers on a hot path test this first and run the full (naming) checks only when it fails."""
+    return (isinstance(t, torch.Tensor) and t.dtype == dtype and t.dim() == ndim and t.is_cpu
+            and t.is_contiguous())

@@ -13,8 +13,9 @@ added in the model's dtype. Exception: a layer given compiled kernels (`use_quan
 attention backend's ModelRunner) computes fp32 inputs in fp32 with them instead (engine/kernels/cpu/int8_gemv.py,
 int4_gemv.py, reading the same buffers): up to `kernel.max_rows` rows (decode steps) by a GEMV that streams the
 quantized weight (1.1-2.2x torch's kernels there), more rows by a dense fp32 matmul of the weight dequantized into
-a scratch buffer (prefill: near the fp32 matmul rate, where torch's kernels compute in emulated bf16 on AVX2). torchao 0.18 routes its CPU int4 layout to the same kernel and its int8 weight-only
-layout through a per-call dequantize + dense matmul (measured in docs/quantization.md).
+a scratch buffer (prefill: near the fp32 matmul rate, where torch's kernels compute in emulated bf16 on AVX2).
+torchao 0.18 routes its CPU int4 layout to the same kernel and its int8 weight-only layout through a per-call
+dequantize + dense matmul (measured in docs/quantization.md).
 
 Shapes the kernels cannot take are refused here with a ValueError, never handed to them: the int8 kernel
 crashes the process (segfault) when the input width is not a multiple of 8, the int4 packer wants a multiple of

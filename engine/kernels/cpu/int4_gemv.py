@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from engine.kernels.checks import check_shape, check_tensor
+from engine.kernels.checks import check_shape, check_tensor, is_plain
 from engine.kernels.cpu.build import build_library, check_kernel_rc
 
 SOURCE = Path(__file__).parent / "csrc" / "int4_gemv.c"
@@ -62,12 +62,6 @@ def int4_gemv_reference(x: torch.Tensor, q: torch.Tensor, scales_and_zeros: torc
     return x.float() @ w.t()
 
 
-def _plain(t, dtype: torch.dtype, ndim: int) -> bool:
-    """The common case, cheaply: a contiguous CPU tensor of `dtype` and rank `ndim` (else the full checks run)."""
-    return (isinstance(t, torch.Tensor) and t.dtype == dtype and t.dim() == ndim and t.is_cpu
-            and t.is_contiguous())
-
-
 def _check_x(x) -> tuple[int, int]:
     check_tensor("x", x, ndim=2, dtypes=(torch.float32,), device=CPU, contiguous=True)
     return tuple(x.shape)
@@ -75,7 +69,7 @@ def _check_x(x) -> tuple[int, int]:
 
 def _weights_fit(k: int, qweight, scales_and_zeros, group_size) -> bool:
     """The common case, cheaply: every check of _check_weights passes."""
-    if not (_plain(qweight, torch.uint8, 2) and _plain(scales_and_zeros, torch.bfloat16, 3)
+    if not (is_plain(qweight, torch.uint8, 2) and is_plain(scales_and_zeros, torch.bfloat16, 3)
             and type(group_size) is int and group_size > 0 and group_size % 32 == 0 and k > 0 and k % group_size == 0):
         return False
     n = qweight.shape[0]
@@ -146,13 +140,13 @@ class CpuInt4Gemv:
                  out: torch.Tensor | None = None) -> torch.Tensor:
         """x fp32 [M, K]; qweight uint8 [N, K / 2] (N % 16 == 0); scales_and_zeros bf16 [K / G, N, 2]; `out` fp32
         [M, N] to write into (every element is written), else a new tensor. ValueError naming the argument."""
-        m, k = x.shape if _plain(x, torch.float32, 2) else _check_x(x)
+        m, k = x.shape if is_plain(x, torch.float32, 2) else _check_x(x)
         if not _weights_fit(k, qweight, scales_and_zeros, group_size):
             _check_weights(k, qweight, scales_and_zeros, group_size)
         n = qweight.shape[0]
         if out is None:
             out = torch.empty(m, n, dtype=torch.float32)
-        elif not (_plain(out, torch.float32, 2) and out.shape == (m, n)):
+        elif not (is_plain(out, torch.float32, 2) and out.shape == (m, n)):
             check_tensor("out", out, ndim=2, dtypes=(torch.float32,), device=CPU, contiguous=True)
             check_shape("out", out, (m, n))
         rc = self._fn(x.data_ptr(), qweight.data_ptr(), scales_and_zeros.data_ptr(), out.data_ptr(), m, n, k,

@@ -18,11 +18,24 @@ from pathlib import Path
 
 import torch
 
-from engine.kernels.checks import check_shape, check_tensor
+from engine.kernels.checks import check_shape, check_tensor, is_plain
 from engine.kernels.cpu.build import build_library, check_kernel_rc
 
 SOURCE = Path(__file__).parent / "csrc" / "int8_gemv.c"
+CPU = torch.device("cpu")
 GEMV_MAX_ROWS = 64  # decode batches; prefill-sized inputs dequantize once and run a dense fp32 matmul
+
+
+def _check_operands(x, w, scale) -> None:
+    """ValueError naming the first of w, x, scale that is not as a call needs it."""
+    check_tensor("w", w, ndim=2, dtypes=(torch.int8,), device=CPU, contiguous=True)
+    n, k = w.shape
+    if k == 0:
+        raise ValueError("w: the input width K must be >= 1")
+    check_tensor("x", x, ndim=2, dtypes=(torch.float32,), device=CPU, contiguous=True)
+    check_shape("x", x, (x.shape[0], k))
+    check_tensor("scale", scale, ndim=1, dtypes=(torch.float32,), device=CPU, contiguous=True)
+    check_shape("scale", scale, (n,))
 
 
 class CpuInt8Gemv:
@@ -48,10 +61,9 @@ class CpuInt8Gemv:
     def dequantize(self, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """w int8 [N, K], scale fp32 [N] -> the fp32 weight [N, K] = w * scale[:, None], a view of this object's
         scratch buffer: valid until the next `dequantize` call (one buffer serves every layer of a model)."""
-        cpu = torch.device("cpu")
-        check_tensor("w", w, ndim=2, dtypes=(torch.int8,), device=cpu, contiguous=True)
+        check_tensor("w", w, ndim=2, dtypes=(torch.int8,), device=CPU, contiguous=True)
         n, k = w.shape
-        check_tensor("scale", scale, ndim=1, dtypes=(torch.float32,), device=cpu, contiguous=True)
+        check_tensor("scale", scale, ndim=1, dtypes=(torch.float32,), device=CPU, contiguous=True)
         check_shape("scale", scale, (n,))
         if self._scratch.numel() < n * k:
             self._scratch = torch.empty(n * k, dtype=torch.float32)
@@ -64,20 +76,15 @@ class CpuInt8Gemv:
     def __call__(self, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
                  out: torch.Tensor | None = None) -> torch.Tensor:
         """x fp32 [M, K], w int8 [N, K], scale fp32 [N] (all contiguous, CPU) -> fp32 [M, N] (into `out` if given)."""
-        cpu = torch.device("cpu")
-        check_tensor("w", w, ndim=2, dtypes=(torch.int8,), device=cpu, contiguous=True)
-        n, k = w.shape
-        if k == 0:
-            raise ValueError("w: the input width K must be >= 1")
-        check_tensor("x", x, ndim=2, dtypes=(torch.float32,), device=cpu, contiguous=True)
-        check_shape("x", x, (x.shape[0], k))
-        check_tensor("scale", scale, ndim=1, dtypes=(torch.float32,), device=cpu, contiguous=True)
-        check_shape("scale", scale, (n,))
-        m = x.shape[0]
+        # a decode step calls this for every projection: the naming checks run only when the cheap test fails
+        if not (is_plain(w, torch.int8, 2) and is_plain(x, torch.float32, 2) and is_plain(scale, torch.float32, 1)
+                and w.shape[1] > 0 and x.shape[1] == w.shape[1] and scale.shape[0] == w.shape[0]):
+            _check_operands(x, w, scale)
+        m, (n, k) = x.shape[0], w.shape
         if out is None:
             out = torch.empty(m, n, dtype=torch.float32)
-        else:
-            check_tensor("out", out, ndim=2, dtypes=(torch.float32,), device=cpu, contiguous=True)
+        elif not (is_plain(out, torch.float32, 2) and out.shape == (m, n)):
+            check_tensor("out", out, ndim=2, dtypes=(torch.float32,), device=CPU, contiguous=True)
             check_shape("out", out, (m, n))
         if m and n:
             check_kernel_rc("int8_gemv", self._fn(x.data_ptr(), w.data_ptr(), scale.data_ptr(), out.data_ptr(),
