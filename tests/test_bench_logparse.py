@@ -125,3 +125,39 @@ def test_requests_the_engine_refuses_are_counted_and_left_out():
     assert row["prompt_tokens_total"] == 20 and row["token_hit_rate"] == 0.4 and row["GA"] == 1.0
     with pytest.raises(ValueError, match="all 1 requests were rejected"):
         summarize(records[1:2], wall, 0, 0, 0)
+
+
+def test_token_bound_column_beside_native_over_none():
+    from bench.logparse.report import token_bound
+
+    def row(variant, rps, prefill):
+        return {"system": "S", "variant": variant, "pair": variant, "radix_cache": True, "throughput_rps": rps,
+                "token_hit_rate": 0.9, "ceiling_hit_rate": 0.95, "prefill_tokens_computed": prefill,
+                "completion_tokens_total": 100}
+
+    none, native = row("none", 10.0, 500), row("native", 12.0, 200)
+    assert token_bound(native, none) == pytest.approx(600 / 300)
+    pivot = format_pivot([none, native]).splitlines()
+    assert pivot[0].endswith("| native / none | token bound native / none |")
+    assert pivot[2].endswith("| 1.20x | 2.00x |")
+    assert "token bound" not in format_pivot([native])  # no `none` run: no bound to show
+
+
+def test_dummy_quantized_weights_reach_the_engine(tiny_model_dir, monkeypatch):
+    """--load-format / --quantization are handed to the engine as its flags of the same names, and the run serves
+    every request with them."""
+    import engine
+
+    flags = []
+
+    class SpyEngine(engine.Engine):
+        def __init__(self, **kw):
+            flags.append(kw)
+            super().__init__(**kw)
+
+    monkeypatch.setattr(engine, "Engine", SpyEngine)
+    rows = main(["--data", FIXTURES, "--systems", "Apache", "--limit", "4", "--model", tiny_model_dir, "--dtype",
+                 "float32", "--load-format", "dummy", "--quantization", "int8", "--pair", "none", "--concurrency",
+                 "2"])
+    assert [(f["load_format"], f["quantization"]) for f in flags] == [("dummy", "int8")]
+    assert rows[0]["requests"] == 4 and rows[0]["rejected"] == 0

@@ -195,16 +195,26 @@ def write_json(path: str, args: dict, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def token_bound(fast: dict, slow: dict) -> float:
+    """The throughput ratio `fast` / `slow` if forward time were proportional to the tokens each run computes:
+    (slow's prefill tokens computed + its generated tokens) / (fast's + its generated); 0.0 where `fast` ran none."""
+    return _ratio(slow["prefill_tokens_computed"] + slow["completion_tokens_total"],
+                  fast["prefill_tokens_computed"] + fast["completion_tokens_total"])
+
+
 def format_pivot(rows: list[dict]) -> str:
     """One line per system: the ceiling, each cache-on variant's token hit rate, then throughput ratios: each
-    cache-on variant over the radix-cache-off `none` run, and table / native over `none` (same pool)."""
+    cache-on variant over the radix-cache-off `none` run, and table / native over `none` (same pool), then the
+    token bound of each of those last ratios (`token_bound`)."""
     cached = list(dict.fromkeys(r["variant"] for r in rows if r["radix_cache"]))
     off = next((r["variant"] for r in rows if not r["radix_cache"]), None)
     ratios = [(v, off) for v in cached if off] + [(v, "none") for v in ("table", "native") if v in cached]
     by_system: dict[str, dict[str, dict]] = {}
     for r in rows:
         by_system.setdefault(r["system"], {})[r["variant"]] = r
-    head = ["system", "ceiling"] + [f"hit {v}" for v in cached] + [f"{a} / {b}" for a, b in ratios]
+    bounds = [(v, "none") for v in ("table", "native") if v in cached and "none" in cached]
+    head = (["system", "ceiling"] + [f"hit {v}" for v in cached] + [f"{a} / {b}" for a, b in ratios]
+            + [f"token bound {a} / {b}" for a, b in bounds])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for system, runs in by_system.items():
         cells = [system, f"{next(iter(runs.values()))['ceiling_hit_rate']:.3f}"]
@@ -212,5 +222,8 @@ def format_pivot(rows: list[dict]) -> str:
         for a, b in ratios:
             ok = a in runs and b in runs and runs[b]["throughput_rps"] > 0
             cells.append(f"{runs[a]['throughput_rps'] / runs[b]['throughput_rps']:.2f}x" if ok else "-")
+        for a, b in bounds:
+            ok = a in runs and b in runs and token_bound(runs[a], runs[b]) > 0
+            cells.append(f"{token_bound(runs[a], runs[b]):.2f}x" if ok else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -2,8 +2,8 @@
 
     python -m bench.logparse --data DIR [--systems HDFS,Spark|all] [--limit 200]
         [--pair native | none,table,native,native@40p,none@nocache] [--concurrency 16] [--output-len oracle|model|N]
-        [--model bench|demo|PATH] [--kv-cache-tokens T] [--disable-radix-cache] [--eviction lru|lfu|segment]
-        [--keep-last] [--json OUT] [--trace-out TRACE.jsonl]
+        [--model bench|demo|PATH] [--load-format auto|dummy] [--quantization int8|int4] [--kv-cache-tokens T]
+        [--disable-radix-cache] [--eviction lru|lfu|segment] [--keep-last] [--json OUT] [--trace-out TRACE.jsonl]
 
 Per system: the InferLog stream (logparse.build_stream over ALL the system's lines: DPP pool + kNN examples,
 non-candidates then candidates); `--limit N` keeps its first N requests, so a short run is a prefix of the
@@ -21,7 +21,9 @@ perfect model gives), ignore_eos, greedy; `model` = up to 64 tokens, stop at EOS
 Latency is submit → result; TTFT is submit → the end of the step that produced the first token (meta_info's
 first_token_latency). Not streaming keeps the 64-odd client threads asleep until their request ends: woken every
 step, they compete with the engine thread for the GIL and for the two cores.
-`--keep-last` sets the engine's `pair_keep_last`.
+`--keep-last` sets the engine's `pair_keep_last`; `--load-format dummy` (seeded random weights from a dir of
+config.json + tokenizer, e.g. `python -m engine.models.tiny DIR --preset qwen2.5-0.5b`) and `--quantization` are
+the engine's flags of the same names, for real-size shapes.
 Metric definitions: bench/logparse/report.py. One variant of `--systems HDFS --limit 200` (the longest prompts,
 ~1750 tokens with the bench tokenizer) takes about a minute on 2 idle cores.
 """
@@ -39,7 +41,7 @@ from tqdm import tqdm
 from bench.common.model_paths import resolve_model
 from bench.logparse.report import (RefineAudit, RequestRecord, add_ratios, format_pivot, format_table, prompt_shape,
                                    summarize, write_json)
-from engine.config import DTYPES, EVICTION_POLICIES
+from engine.config import DTYPES, EVICTION_POLICIES, LOAD_FORMATS, QUANTIZATIONS
 from logparse import LOGHUB_SYSTEMS, build_stream, list_systems, load_system, to_icl
 
 PAIR_POLICIES = ("none", "table", "native")
@@ -177,7 +179,8 @@ def run_variant(path: str, args, variant: Variant, icls, sps, records, ample_cap
 
     kv = pool_tokens(variant, records, [sp["max_new_tokens"] for sp in sps], args.concurrency, ample_cap)
     cache_on = variant.pool != "nocache"
-    flags = dict(model_path=path, dtype=args.dtype, kv_cache_tokens=kv, disable_radix_cache=not cache_on,
+    flags = dict(model_path=path, dtype=args.dtype, load_format=args.load_format, quantization=args.quantization,
+                 kv_cache_tokens=kv, disable_radix_cache=not cache_on,
                  radix_eviction_policy=args.eviction, pair_policy=variant.pair, pair_keep_last=args.keep_last,
                  max_running_requests=max(args.concurrency, 1), enable_mixed_chunk=args.enable_mixed_chunk)
     with Engine(**flags) as eng:
@@ -207,6 +210,9 @@ def parse_args(argv):
     ap.add_argument("--output-len", default="oracle", help="oracle | model | N")
     ap.add_argument("--model", default="bench", help="bench (random 31M Qwen2) | demo | checkpoint dir")
     ap.add_argument("--dtype", default="auto", choices=DTYPES)
+    ap.add_argument("--load-format", default="auto", choices=LOAD_FORMATS,
+                    help="dummy: seeded random weights of the config's shapes (no weight files needed)")
+    ap.add_argument("--quantization", default=None, choices=QUANTIZATIONS, help="weight-only, as the engine's flag")
     ap.add_argument("--kv-cache-tokens", type=int, default=None)
     ap.add_argument("--ample-kv-gb", type=float, default=1.5, help="cap on an 'ample' pool's KV memory")
     ap.add_argument("--disable-radix-cache", action="store_true")
