@@ -223,7 +223,7 @@ def format_pivot(rows: list[dict]) -> str:
             ok = a in runs and b in runs and runs[b]["throughput_rps"] > 0
             cells.append(f"{runs[a]['throughput_rps'] / runs[b]['throughput_rps']:.2f}x" if ok else "-")
         for a, b in bounds:
-            ok = a in runs and b in runs and token_bound(runs[a], runs[b]) > 0
-            cells.append(f"{token_bound(runs[a], runs[b]):.2f}x" if ok else "-")
+            bound = token_bound(runs[a], runs[b]) if a in runs and b in runs else 0.0
+            cells.append(f"{bound:.2f}x" if bound > 0 else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

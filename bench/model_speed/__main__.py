@@ -33,7 +33,7 @@ import torch
 from bench.common.machine import matmul_flops, memory_bandwidth
 from bench.model_speed.measure import cached_prefix, decode_step_seconds, model_weight_bytes, prefill_step_seconds
 from bench.offline import flops_per_token
-from engine.config import ServerArgs
+from engine.config import LOAD_FORMATS, QUANTIZATIONS, ServerArgs
 from engine.model_runner import ModelRunner
 from engine.models.loader import DTYPES, resolve_dtype
 
@@ -41,8 +41,8 @@ from engine.models.loader import DTYPES, resolve_dtype
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="checkpoint dir (config.json only with --load-format dummy)")
-    ap.add_argument("--load-format", default="auto", choices=("auto", "safetensors", "dummy"))
-    ap.add_argument("--quantization", default=None, choices=("int8", "int4"))
+    ap.add_argument("--load-format", default="auto", choices=LOAD_FORMATS)
+    ap.add_argument("--quantization", default=None, choices=QUANTIZATIONS)
     ap.add_argument("--quant-group-size", type=int, default=128)
     ap.add_argument("--quantize-lm-head", action="store_true")
     ap.add_argument("--dtype", default="auto")
