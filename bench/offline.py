@@ -12,7 +12,9 @@ For each batch size B (same random prompts for every system):
 - engine overhead: wall time per step outside the model forward (scheduling, batch building, sampling,
   detokenization), from timing the model runner's forward calls during the decode run;
 - HF transformers padded batched `generate` (left padding, its fastest CPU mode) on the same prompts, and the ratio
-  of end-to-end times (HF's decode tok/s is the difference of an N-token and a 1-token run, so noisier).
+  of end-to-end times (HF's decode tok/s is the difference of an N-token and a 1-token run, so noisier);
+- with `--repeats R`, R prefill runs of each system, alternating (both models loaded), so drift meets both alike:
+  prefill figures are medians, `prefill_speedup` the median of the R paired HF / pairserve ratios.
 The radix cache is disabled so every prompt is computed.
 """
 from __future__ import annotations
@@ -47,10 +49,13 @@ def decode_step_bytes(cfg, batch: int, context: int, dtype_bytes: int) -> float:
     return float(weights + kv) * dtype_bytes
 
 
-def run_pairserve(path: str, prompts: list[list[int]], new_tokens: int,
-                  dtype: str) -> tuple[float, float, float, float]:
-    """(prefill-only wall s, prefill + decode wall s, decode wall s within the latter (from the end of its last
-    prefill step), engine overhead s per step in the latter)."""
+def run_pairserve(path: str, prompts: list[list[int]], new_tokens: int, dtype: str,
+                  hf_prefill=None, repeats: int = 1) -> tuple[list[float], float, float, float, list[float]]:
+    """(prefill-only wall s of each repeat, prefill + decode wall s, decode wall s within the latter (from the end of
+    its last prefill step), engine overhead s per step in the latter, HF's prefill wall s of each repeat).
+
+    `hf_prefill` (a callable timing HF's prefill of the same prompts, or None) runs right after each of pairserve's
+    `repeats` prefill runs, so the machine's drift (large on a shared VM) meets both systems alike."""
     from engine import Engine
 
     budget = sum(len(p) for p in prompts)
@@ -59,18 +64,24 @@ def run_pairserve(path: str, prompts: list[list[int]], new_tokens: int,
                 kv_cache_tokens=budget + len(prompts) * (new_tokens + 8)) as eng:
         warm = {"max_new_tokens": 2, "temperature": 0, "ignore_eos": True}
         eng.generate(input_ids=prompts[:1], sampling_params=warm)
-        t = time.perf_counter()
-        eng.generate(input_ids=prompts, sampling_params={**warm, "max_new_tokens": 1})
-        t1 = time.perf_counter() - t
+        prefill_s, hf_s = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            eng.generate(input_ids=prompts, sampling_params={**warm, "max_new_tokens": 1})
+            prefill_s.append(time.perf_counter() - t)
+            if hf_prefill is not None:
+                hf_s.append(hf_prefill())
         with ForwardSplit() as split:
             t = time.perf_counter()
             eng.generate(input_ids=prompts, sampling_params={**warm, "max_new_tokens": new_tokens})
             end = time.perf_counter()
         tn = end - t
-    return t1, tn, end - split.last_extend_end, (tn - split.seconds) / max(split.steps, 1)
+    return prefill_s, tn, end - split.last_extend_end, (tn - split.seconds) / max(split.steps, 1), hf_s
 
 
-def run_hf(path: str, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, float]:
+def hf_generator(path: str, prompts: list[list[int]], dtype: str):
+    """HF transformers' model for the prompts, warmed up: returns gen(k) -> wall s of a padded batched greedy
+    `generate` of k new tokens."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
@@ -89,7 +100,12 @@ def run_hf(path: str, prompts: list[list[int]], new_tokens: int, dtype: str) -> 
         return time.perf_counter() - t
 
     gen(2)
-    return gen(1), gen(new_tokens)
+    return gen
+
+
+def median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
 
 
 def main(argv=None) -> None:
@@ -100,8 +116,12 @@ def main(argv=None) -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--dtype", default="auto", help="auto: bfloat16 where the CPU computes it natively, else float32")
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="prefill runs per batch, pairserve and HF alternating; medians are reported")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
+    if a.repeats < 1:
+        ap.error(f"--repeats must be >= 1 (got {a.repeats})")
     from engine.config import ModelConfig
     from engine.models.loader import resolve_dtype
 
@@ -124,7 +144,10 @@ def main(argv=None) -> None:
     rows = []
     for B in [int(x) for x in a.batches.split(",")]:
         prompts = [torch.randint(10, vocab - 10, (a.prompt_len,), generator=g).tolist() for _ in range(B)]
-        t1, tn, t_decode, overhead = run_pairserve(path, prompts, a.new_tokens, a.dtype)
+        hf_gen = None if a.no_hf else hf_generator(path, prompts, a.dtype)
+        prefill_s, tn, t_decode, overhead, hf_prefill_s = run_pairserve(
+            path, prompts, a.new_tokens, a.dtype, None if hf_gen is None else (lambda: hf_gen(1)), a.repeats)
+        t1 = median(prefill_s)
         prefill_tps = B * a.prompt_len / t1
         decode_tps = B * (a.new_tokens - 1) / max(t_decode, 1e-9)
         frac = prefill_tps * flops_per_token(cfg, a.prompt_len // 2) / peak[a.dtype]
@@ -132,20 +155,24 @@ def main(argv=None) -> None:
         floor_tps = B * bandwidth / decode_step_bytes(cfg, B, mid_context, dtype_bytes)
         row = {"batch": B, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps, "prefill_peak_frac": frac,
                "decode_floor_tok_s": floor_tps, "decode_floor_frac": decode_tps / floor_tps,
-               "overhead_ms_per_step": 1e3 * overhead}
-        if not a.no_hf:
-            h1, hn = run_hf(path, prompts, a.new_tokens, a.dtype)
+               "overhead_ms_per_step": 1e3 * overhead, "prefill_s": prefill_s}
+        if hf_gen is not None:
+            h1, hn = median(hf_prefill_s), hf_gen(a.new_tokens)
+            # each repeat's ratio pairs runs made back to back; their median is the figure drift moves least
+            ratios = [h / p for h, p in zip(hf_prefill_s, prefill_s)]
             row.update(hf_prefill_tok_s=B * a.prompt_len / h1, hf_decode_tok_s=B * (a.new_tokens - 1) / (hn - h1),
+                       hf_prefill_s=hf_prefill_s, prefill_speedup=median(ratios),
                        hf_total_s=hn, total_s=tn, speedup_total=hn / tn)
+            del hf_gen  # the next batch loads its own copy; free this one first
         rows.append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     print()
     print(f"| batch | prefill tok/s | % of {a.dtype} matmul peak | decode tok/s | % of bandwidth floor | "
-          "overhead ms/step | HF prefill tok/s | HF decode tok/s | end-to-end speedup vs HF |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "overhead ms/step | HF prefill tok/s | prefill speedup vs HF | HF decode tok/s | end-to-end speedup vs HF |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        hf = (f"{r['hf_prefill_tok_s']:.0f} | {r['hf_decode_tok_s']:.0f} | {r['speedup_total']:.2f}×"
-              if "hf_total_s" in r else "- | - | -")
+        hf = (f"{r['hf_prefill_tok_s']:.0f} | {r['prefill_speedup']:.2f}× | {r['hf_decode_tok_s']:.0f} | "
+              f"{r['speedup_total']:.2f}×" if "hf_total_s" in r else "- | - | - | -")
         print(f"| {r['batch']} | {r['prefill_tok_s']:.0f} | {100 * r['prefill_peak_frac']:.0f}% | "
               f"{r['decode_tok_s']:.0f} | {100 * r['decode_floor_frac']:.0f}% | {r['overhead_ms_per_step']:.2f} | "
               f"{hf} |")

@@ -19,9 +19,10 @@ from engine.memory import KVPool, plan_kv_slots
 from engine.kernels.cpu.rmsnorm import DTYPES as RMSNORM_DTYPES
 from engine.kernels.cpu.rmsnorm import CpuRMSNorm
 from engine.kernels.cpu.rotary import CpuRotary
+from engine.kernels.cpu.silu_mul import CpuSiluMul
 from engine.kernels.cpu.int4_gemv import CpuInt4Gemv, torch_int4pack_layout
 from engine.kernels.cpu.int8_gemv import CpuInt8Gemv
-from engine.models.layers import use_rmsnorm_kernel, use_rotary_kernel
+from engine.models.layers import use_rmsnorm_kernel, use_rotary_kernel, use_silu_mul_kernel
 from engine.models.quant import use_quant_kernel
 from engine.models.loader import DTYPES, load_model, model_config, resolve_dtype
 from engine.logit_processor import LogitProcessor
@@ -93,6 +94,7 @@ class ModelRunner:
         if isinstance(self.attn_backend, CpuBackend) and dtype in RMSNORM_DTYPES:  # its compiler builds this too
             use_rmsnorm_kernel(self.model, CpuRMSNorm())
             use_rotary_kernel(self.model, CpuRotary())  # the same dtypes
+            use_silu_mul_kernel(self.model, CpuSiluMul())
             if args.quantization == "int8":  # compiled int8 / int4 matmuls for fp32 inputs (engine/models/quant.py)
                 use_quant_kernel(self.model, "int8", CpuInt8Gemv())
             elif args.quantization == "int4" and torch_int4pack_layout() is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from bench.offline import decode_step_bytes, flops_per_token, main
 
 
@@ -36,3 +38,21 @@ def test_offline_run_reports_efficiency_fields(tiny_model_dir, tmp_path, capsys)
         assert 0 < r["decode_floor_frac"] and r["decode_floor_tok_s"] > 0
         assert r["overhead_ms_per_step"] >= 0
     assert "% of bandwidth floor" in capsys.readouterr().out
+
+
+def test_offline_alternates_prefill_runs_with_hf(tiny_model_dir, tmp_path):
+    """--repeats times both systems' prefill back to back: every run is kept, the reported figures are medians."""
+    out = tmp_path / "offline.json"
+    main(["--model", tiny_model_dir, "--batches", "2", "--prompt-len", "12", "--new-tokens", "3", "--repeats", "3",
+          "--dtype", "float32", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert len(row["prefill_s"]) == 3 and len(row["hf_prefill_s"]) == 3
+    assert row["prefill_tok_s"] == pytest.approx(2 * 12 / sorted(row["prefill_s"])[1])
+    assert row["hf_prefill_tok_s"] == pytest.approx(2 * 12 / sorted(row["hf_prefill_s"])[1])
+    ratios = sorted(h / p for h, p in zip(row["hf_prefill_s"], row["prefill_s"]))
+    assert row["prefill_speedup"] == pytest.approx(ratios[1])
+
+
+def test_offline_refuses_zero_repeats(tiny_model_dir):
+    with pytest.raises(SystemExit):
+        main(["--model", tiny_model_dir, "--repeats", "0", "--no-hf"])

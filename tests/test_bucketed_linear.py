@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.models.layers import BucketedLinear, GatedMLP, bucketed_rows, mkldnn_packing, pad_rows, prepack_linears
+from engine.models.layers import (MLP_CHUNK_ROWS, BucketedLinear, GatedMLP, bucketed_rows, mkldnn_packing, pad_rows,
+                                  prepack_linears)
 
 
 @pytest.mark.parametrize("n,expected", [(1, 1), (8, 8), (9, 16), (16, 16), (17, 32), (256, 256), (257, 320),
@@ -35,14 +36,20 @@ def test_bucketed_linear_matches_linear(n, bias):
     torch.testing.assert_close(out, plain(x), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("n", [3, 21])
+@pytest.mark.parametrize("n", [3, 21, MLP_CHUNK_ROWS + 1, 3 * MLP_CHUNK_ROWS - 5])
 def test_gated_mlp_pads_once_and_slices_back(n):
+    """Every row equals the unpadded torch MLP's, also past MLP_CHUNK_ROWS, where the matmuls see at most that many
+    rows per pass."""
     torch.manual_seed(0)
     mlp = GatedMLP(16, 24)
+    seen = []
+    mlp.gate_up_proj.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
     x = torch.randn(n, 16)
     gate, up = torch.nn.functional.linear(x, mlp.gate_up_proj.weight).split(24, dim=-1)
     ref = torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, mlp.down_proj.weight)
     torch.testing.assert_close(mlp(x), ref, rtol=1e-6, atol=1e-6)
+    assert max(seen) == (bucketed_rows(n) if n <= MLP_CHUNK_ROWS else MLP_CHUNK_ROWS)
+    assert len(seen) == -(-n // MLP_CHUNK_ROWS)
 
 
 @pytest.mark.skipif(not mkldnn_packing(), reason="this torch build has no oneDNN prepacked linear")

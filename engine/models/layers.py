@@ -184,18 +184,40 @@ class BucketedLinear(nn.Linear):
         return out[:x.shape[0]]  # [:n] of unpadded rows is a no-op view
 
 
+# Rows per pass of a dense CPU MLP. Its intermediates are the largest tensors of a step ([rows, 2 x intermediate]:
+# 293 MB at 4,096 rows of the 1.5B shape), and a fresh one that large is mapped from the OS and page-faulted in on
+# every call (~2.5 us per 4 KiB page on the dev VM: a fused activation wrote [4096, 8960] in 128 ms fresh, 37 ms
+# into a reused buffer). 256 rows keep them under glibc's 32 MB mmap ceiling, so freed ones are reused, and still
+# multiply near the matmul peak. Quantized MLPs are not chunked: each pass would dequantize the weights again.
+MLP_CHUNK_ROWS = 256
+
+
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul."""
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul; dense CPU layers take more than
+    MLP_CHUNK_ROWS rows in passes of that many (rows are independent through the MLP)."""
 
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
         self.gate_up_proj = BucketedLinear(hidden, 2 * intermediate, bias=False)
         self.down_proj = BucketedLinear(intermediate, hidden, bias=False)
         self.intermediate = intermediate
+        self.kernel: Callable | None = None  # silu(gate) * up: engine/kernels/cpu/silu_mul.py (use_silu_mul_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n > MLP_CHUNK_ROWS and x.device.type == "cpu" and isinstance(self.gate_up_proj, BucketedLinear):
+            out = x.new_empty(n, self.down_proj.out_features)
+            for i in range(0, n, MLP_CHUNK_ROWS):
+                out[i:i + MLP_CHUNK_ROWS] = self._forward(x[i:i + MLP_CHUNK_ROWS])
+            return out
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         xp = pad_rows(x)  # pad once for the three matmuls and the activation: [bucketed n, hidden]
-        gate, up = self.gate_up_proj(xp).split(self.intermediate, dim=-1)
+        gate_up = self.gate_up_proj(xp)  # [bucketed n, 2 * intermediate]: gate | up
+        if self.kernel is not None:
+            return self.down_proj(self.kernel(gate_up))[:x.shape[0]]
+        gate, up = gate_up.split(self.intermediate, dim=-1)
         return self.down_proj(F.silu(gate) * up)[:x.shape[0]]
 
 
@@ -232,6 +254,12 @@ def use_rotary_kernel(model: nn.Module, kernel: Callable | None) -> int:
     """Route every RotaryEmbedding of `model` through `kernel` (in place, the contract of engine/kernels/gpu/rotary.py;
     None: torch ops); return how many were switched. The `cpu` backend's models use engine/kernels/cpu/rotary.py."""
     return _set_kernel(model, RotaryEmbedding, kernel)
+
+
+def use_silu_mul_kernel(model: nn.Module, kernel: Callable | None) -> int:
+    """Route every GatedMLP's activation of `model` through `kernel` (gate_up [T, 2I] -> silu(gate) * up [T, I], the
+    contract of engine/kernels/cpu/silu_mul.py; None: torch ops); return how many were switched."""
+    return _set_kernel(model, GatedMLP, kernel)
 
 
 def _set_kernel(model: nn.Module, cls: type, kernel: Callable | None) -> int:
