@@ -20,6 +20,7 @@ from engine.kernels.cpu.rmsnorm import DTYPES as RMSNORM_DTYPES
 from engine.kernels.cpu.rmsnorm import CpuRMSNorm
 from engine.kernels.cpu.rotary import CpuRotary
 from engine.kernels.cpu.silu_mul import CpuSiluMul
+from engine.kernels.cpu.f32_gemv import CpuF32Gemv
 from engine.kernels.cpu.int4_gemv import CpuInt4Gemv, torch_int4pack_layout
 from engine.kernels.cpu.int8_gemv import CpuInt8Gemv
 from engine.models.layers import use_rmsnorm_kernel, use_rotary_kernel, use_silu_mul_kernel
@@ -95,6 +96,8 @@ class ModelRunner:
             use_rmsnorm_kernel(self.model, CpuRMSNorm())
             use_rotary_kernel(self.model, CpuRotary())  # the same dtypes
             use_silu_mul_kernel(self.model, CpuSiluMul())
+            if dtype == torch.float32:  # a tied fp32 LM head streams at the read rate (engine/kernels/cpu/f32_gemv.py)
+                self.model.use_lm_head_gemv(CpuF32Gemv())
             if args.quantization == "int8":  # compiled int8 / int4 matmuls for fp32 inputs (engine/models/quant.py)
                 use_quant_kernel(self.model, "int8", CpuInt8Gemv())
             elif args.quantization == "int4" and torch_int4pack_layout() is not None:

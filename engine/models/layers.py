@@ -157,6 +157,17 @@ class BucketedLinear(nn.Linear):
     `prepack()`, a bf16 or fp32 CPU layer multiplies by a weight stored once in oneDNN's blocked layout."""
 
     packed: torch.Tensor | None = None
+    gemv: Callable | None = None  # engine/kernels/cpu/f32_gemv.py for up to gemv.max_rows fp32 rows (use_gemv)
+    gemv_weight: torch.Tensor | None = None  # the plain [out, in] weight the GEMV reads
+
+    def use_gemv(self, kernel: Callable | None, weight: torch.Tensor | None = None) -> None:
+        """Compute calls of up to `kernel.max_rows` fp32 rows as `kernel(x, weight)` (the contract of
+        engine/kernels/cpu/f32_gemv.py; `weight` this layer's plain [out, in] weight, which a packed layer no longer
+        holds itself); more rows keep the packed / dense path. None: every call back to that path."""
+        if kernel is not None and (weight is None or tuple(weight.shape) != (self.out_features, self.in_features)):
+            raise ValueError(f"weight: expected shape {(self.out_features, self.in_features)} for the GEMV")
+        # a plain tensor on the same storage: a Parameter would register a second time (state_dict, parameters())
+        self.gemv, self.gemv_weight = kernel, (weight.detach() if kernel is not None else None)
 
     def prepack(self) -> bool:
         """Reorder a bf16 or fp32 CPU weight into oneDNN's blocked layout; returns whether the layer was packed
@@ -176,6 +187,9 @@ class BucketedLinear(nn.Linear):
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gemv is not None and x.shape[0] <= self.gemv.max_rows and x.dtype == torch.float32:
+            out = self.gemv(x.contiguous(), self.gemv_weight)  # a fresh tensor: add in place
+            return out if self.bias is None else out.add_(self.bias)
         xp = pad_rows(x)
         if self.packed is not None:
             out = torch.ops.mkldnn._linear_pointwise(xp, self.packed, self.bias, "none", [], "")

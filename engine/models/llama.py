@@ -90,6 +90,18 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.layers:
             layer.tp = tp
 
+    def use_lm_head_gemv(self, kernel) -> bool:
+        """Compute the LM head's decode-sized products (up to `kernel.max_rows` rows) with `kernel` (the contract of
+        engine/kernels/cpu/f32_gemv.py), reading the embedding table the head is tied to; returns whether the head
+        took it. Only a tied dense fp32 CPU head does: its plain weight stays resident for the lookup anyway, where
+        an untied head holds just its packed copy (a plain one beside it would add the head's size again)."""
+        head, table = self.lm_head, self.embed_tokens.weight
+        if not (self.cfg.tie_word_embeddings and isinstance(head, BucketedLinear) and table.dtype == torch.float32
+                and table.device.type == "cpu" and table.shape == (head.out_features, head.in_features)):
+            return False
+        head.use_gemv(kernel, table)
+        return True
+
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb) -> torch.Tensor:
         if self.tp is None:

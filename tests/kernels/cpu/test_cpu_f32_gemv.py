@@ -85,3 +85,54 @@ def test_bad_input_names_the_argument(kernel, args, match):
     call.update(args)
     with pytest.raises(ValueError, match=match):
         kernel(**call)
+
+
+# ---- its place in the model: the tied fp32 LM head of the `cpu` backend
+
+@pytest.mark.parametrize("model,backend,dtype,uses", [
+    ("tiny_model_dir", "cpu", "float32", True),  # tied: the embedding table is the plain weight it reads
+    ("tiny_llama_dir", "cpu", "float32", False),  # untied: only a packed copy is resident
+    ("tiny_model_dir", "torch", "float32", False),  # the torch backend keeps torch ops
+    ("tiny_model_dir", "cpu", "bfloat16", False),
+])
+def test_lm_head_takes_it_where_tied_fp32_on_the_cpu_backend(request, make_engine, model, backend, dtype, uses):
+    eng = make_engine(request.getfixturevalue(model), attention_backend=backend, dtype=dtype)
+    assert isinstance(eng.loop.runner.model.lm_head.gemv, CpuF32Gemv) == uses
+    out = eng.generate(input_ids=[5, 6, 7, 8], sampling_params={"max_new_tokens": 3, "temperature": 0})
+    assert len(out["output_ids"]) == 3
+
+
+def test_lm_head_gemv_serves_decode_sized_calls_and_matches_the_packed_path(tiny_model_dir, make_engine, gen):
+    eng = make_engine(tiny_model_dir, attention_backend="cpu", dtype="float32")
+    model = eng.loop.runner.model
+    head, kernel = model.lm_head, model.lm_head.gemv
+    calls = []
+
+    class Spy:
+        max_rows = kernel.max_rows
+
+        def __call__(self, x, w):
+            calls.append(x.shape[0])
+            assert w.data_ptr() == model.embed_tokens.weight.data_ptr()  # the table itself, no copy
+            return kernel(x, w)
+
+    x = torch.randn(kernel.max_rows + 1, head.in_features, generator=gen)
+    head.use_gemv(Spy(), model.embed_tokens.weight)
+    got = [head(x[:m]) for m in (1, 5, kernel.max_rows, kernel.max_rows + 1)]
+    assert calls == [1, 5, kernel.max_rows]  # more rows than max_rows go the packed way
+    head.use_gemv(None)
+    for g in got:
+        torch.testing.assert_close(g, head(x[:g.shape[0]]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="weight: expected shape"):
+        head.use_gemv(kernel, model.embed_tokens.weight[:-1])
+
+
+def test_greedy_tokens_equal_with_and_without_the_lm_head_gemv(tiny_model_dir, make_engine):
+    prompts = [[5, 6, 7, 8, 9], [11, 12, 13], [20, 21, 22, 23, 24, 25, 26]]
+    params = {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}
+    eng = make_engine(tiny_model_dir, attention_backend="cpu", dtype="float32", disable_radix_cache=True)
+    with_gemv = [o["output_ids"] for o in eng.generate(input_ids=prompts, sampling_params=params)]
+    eng.loop.runner.model.use_lm_head_gemv(None)
+    assert eng.loop.runner.model.lm_head.gemv is None
+    without = [o["output_ids"] for o in eng.generate(input_ids=prompts, sampling_params=params)]
+    assert with_gemv == without
