@@ -10,6 +10,13 @@ fp32 models quantized with `--quantization int8` on the `cpu` backend use both (
 its fp32 rate. Measured on the 2-core AVX2 EPYC dev VM, weights streamed from DRAM (24 layers' worth of distinct
 matrices per pass, `python -m bench.model_speed.int8_gemv_speed`), against torch's kernel fed bf16, over two runs:
 1.2-2.0x at one row, 1.1-1.5x at 2-16, 1.4-1.6x at 64 (docs/quantization.md).
+
+Retuned 2026-12-08 (03:56-04:03 UTC, same VM; the C file's top comment has the sweep): 4 weight rows x up to 3
+activation rows per tile, prefetch 1 block ahead, 16 blocks per dynamic take, one pass for up to 64 rows. Against
+the previous kernel in one interleaved run (04:01 UTC, medians of 7): 1.27x (0.5B, 11.5 -> 14.6 GB/s) and 1.28x
+(1.5B, 11.3 -> 14.4 GB/s) at one row, 1.37-1.48x at 2-4, 1.08-1.22x at 8-16, 1.10-1.13x at 64; results unchanged
+bit for bit. Against torch's kernel fed bf16 right after (04:03 UTC, best of 3): 1.62x / 1.44x at one row
+(14.4 / 18.4 GB/s), 1.41-2.03x at 2-16, 1.60x / 1.75x at 64.
 """
 from __future__ import annotations
 

@@ -7,20 +7,55 @@
  *
  * Why: at decode sizes (M of 1 to 64) the product is a stream over the weight. torch's _weight_int8pack_mm wants
  * bf16 activations (its fp32 path is scalar) and streams int8 weights from DRAM at 5-10 GB/s on an AVX2 EPYC,
- * against 17+ GB/s for oneDNN's fp32 GEMV on the same VM. The AVX2 path here keeps four weight rows in flight,
- * converts each 8 int8 once for two activation rows, and prefetches the rows two blocks ahead so the stream does
- * not stall at row ends (the hardware prefetcher follows few concurrent streams).
+ * against 17+ GB/s for oneDNN's fp32 GEMV on the same VM.
+ *
+ * AVX2 path, as measured on the 2-core AVX2 EPYC dev VM (2026-12-08 03:56-04:02 UTC; medians of 5-9 interleaved
+ * passes over 24 layers of the Qwen2.5-0.5B / 1.5B projections, int8 from DRAM; the VM drifts +-15% between runs,
+ * so only ratios within a run count). Against the previous kernel (4-row blocks, 2 activation rows per tile,
+ * prefetch 2 blocks ahead, 8 blocks per dynamic take), in the final run (04:01 UTC) this one ran 1.27x / 1.28x
+ * faster at 1 row (0.5B 11.5 -> 14.6 GB/s, 1.5B 11.3 -> 14.4 GB/s), 1.39-1.48x at 2, 1.37-1.44x at 4,
+ * 1.12-1.22x at 8, 1.08-1.10x at 16, 1.10-1.13x at 64 (earlier runs: 1.16-1.38x at 1 row; 15-18.5 GB/s when
+ * the VM was quieter):
+ * - blocks of 4 weight rows, each 8 int8 converted once for up to 3 activation rows: 12 accumulators + 3 x
+ *   vectors + 1 weight vector = all 16 ymm registers. 4 x 3 measured -2% to +11% against 6 x 2 (alike at 1 row);
+ *   8 x 1 lost ~5% at 1 row and 15-25% from 2, 3 x 4 lost 5-15%, 5 x 2 measured alike to 6 x 2 (+-10%).
+ * - software prefetch of the next block (1 ahead, T0, the first activation row's pass, one line per 64 bytes of
+ *   each row): unlike the fp32 kernel (where none was best), int8 rows are short (896-8960 bytes) and the hardware
+ *   prefetcher does not ramp up within one; without prefetch the kernel lost 10-20% at 1 row against 2 blocks
+ *   ahead, 1 block ahead beat 2 by 2-17% (1-8 rows) and 4 measured alike to 2; NTA and T1 alike to T0.
+ * - whole rows, no k chunking: chunks of 256-1024 (accumulators parked between chunks, KC) measured -10% to +5%
+ *   against whole rows at 1-8 rows (a 4-row block of the longest rows, 35 KB, stays in L2 while rows pass over it).
+ * - threads take 16 blocks (64 rows) at a time, dynamically: 4 lost 4-12% against 8, 16 measured -3% to +9%.
+ * - activation rows in passes of GROUP (64: one pass over the weight for every decode size).
+ * From about 4 rows the conversions and FMAs, not the stream, set the time.
  */
 #include <stdint.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
-#define ROWS 4                  /* weight rows per block */
-#define PREFETCH_BLOCKS 2       /* how many blocks ahead the software prefetch reads */
-/* blocks a thread takes at a time: a dynamic split keeps both cores streaming when one is held up (the int4
- * kernel measured 10 against 14.5 GB/s for a static one), in runs long enough for the prefetch to pay */
-#define DYNAMIC_BLOCKS 8
+/* fixed by the measurements above; -D overrides them for a sweep */
+#ifndef ROWS
+#define ROWS 4 /* weight rows per block */
+#endif
+#ifndef MTILE
+#define MTILE 3 /* activation rows per tile: each 8 weights converted once for them (ROWS * MTILE + MTILE + 1 <= 16) */
+#endif
+#ifndef KC
+#define KC 0 /* k per chunk (a multiple of 8); 0: whole rows */
+#endif
+#ifndef PF
+#define PF 1 /* software prefetch of the block PF blocks ahead (0: none) */
+#endif
+#ifndef PFHINT
+#define PFHINT _MM_HINT_T0
+#endif
+#ifndef DYNAMIC_BLOCKS
+#define DYNAMIC_BLOCKS 16 /* blocks a thread takes at a time */
+#endif
+#ifndef GROUP
+#define GROUP 64 /* activation rows per pass over the weight: the accumulators of a block live on the stack */
+#endif
 
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -33,66 +68,83 @@ static inline __m256 load8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
-/* the four rows PREFETCH_BLOCKS blocks after the one at row n0, from column k (none past the last row) */
-static inline void prefetch_block(const int8_t *w, int64_t N, int64_t K, int64_t n0, int64_t k) {
-    if (n0 + (PREFETCH_BLOCKS + 1) * ROWS <= N) {
-        const int8_t *p = w + (n0 + PREFETCH_BLOCKS * ROWS) * K + k;
-        _mm_prefetch((const char *)p, _MM_HINT_T0);
-        _mm_prefetch((const char *)(p + K), _MM_HINT_T0);
-        _mm_prefetch((const char *)(p + 2 * K), _MM_HINT_T0);
-        _mm_prefetch((const char *)(p + 3 * K), _MM_HINT_T0);
+/* MT activation rows at x (row stride K) against the ROWS weight rows at wb, over k in [k0, k1), onto the
+ * accumulators acc[i * ROWS + r] (which start at zero when k0 == 0); pf: the block to prefetch, or NULL */
+static inline __attribute__((always_inline)) void tile_avx2(const float *x, const int8_t *wb, __m256 *acc, int64_t K,
+                                                            int64_t k0, int64_t k1, int MT, const int8_t *pf) {
+    __m256 a[MTILE][ROWS];
+#pragma GCC unroll 16
+    for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
+        for (int r = 0; r < ROWS; ++r) a[i][r] = k0 ? acc[i * ROWS + r] : _mm256_setzero_ps();
+    for (int64_t k = k0; k < k1; k += 8) {
+#if PF
+        if (pf && (k & 63) == 0)
+#pragma GCC unroll 16
+            for (int r = 0; r < ROWS; ++r) _mm_prefetch((const char *)(pf + r * K + k), PFHINT);
+#endif
+        __m256 y[MTILE];
+#pragma GCC unroll 16
+        for (int i = 0; i < MT; ++i) y[i] = _mm256_loadu_ps(x + i * K + k);
+#pragma GCC unroll 16
+        for (int r = 0; r < ROWS; ++r) {
+            const __m256 v = load8(wb + r * K + k);
+#pragma GCC unroll 16
+            for (int i = 0; i < MT; ++i) a[i][r] = _mm256_fmadd_ps(v, y[i], a[i][r]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
+        for (int r = 0; r < ROWS; ++r) acc[i * ROWS + r] = a[i][r];
+    (void)pf;
+}
+
+/* MT (1..MTILE) activation rows, dispatched to a tile compiled for that count */
+static inline __attribute__((always_inline)) void tile_any(const float *x, const int8_t *wb, __m256 *acc, int64_t K,
+                                                           int64_t k0, int64_t k1, int MT, const int8_t *pf) {
+    switch (MT) {
+    case 1: tile_avx2(x, wb, acc, K, k0, k1, 1, pf); break;
+#if MTILE >= 2
+    case 2: tile_avx2(x, wb, acc, K, k0, k1, 2, pf); break;
+#endif
+#if MTILE >= 3
+    case 3: tile_avx2(x, wb, acc, K, k0, k1, 3, pf); break;
+#endif
+#if MTILE >= 4
+    case 4: tile_avx2(x, wb, acc, K, k0, k1, 4, pf); break;
+#endif
     }
 }
 
-/* one block of ROWS weight rows starting at row n0, every activation row; K8 = K rounded down to 8 */
+/* the block of ROWS weight rows from row n0, activation rows 0..M-1 (M <= GROUP) */
 static void block_avx2(const float *x, const int8_t *w, const float *scale, float *out, int64_t M, int64_t N,
                        int64_t K, int64_t n0) {
-    const int8_t *w0 = w + n0 * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+    const int8_t *wb = w + n0 * K;
+    const int8_t *pf = NULL;
+#if PF
+    if (n0 + (PF + 1) * ROWS <= N) pf = wb + PF * ROWS * K;
+#endif
     const int64_t K8 = K & ~(int64_t)7;
-    int64_t m = 0;
-    for (; m + 2 <= M; m += 2) {
-        const float *x0 = x + m * K, *x1 = x0 + K;
-        __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
-        __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-        for (int64_t k = 0; k < K8; k += 8) {
-            if (m == 0 && (k & 63) == 0) prefetch_block(w, N, K, n0, k);
-            const __m256 v0 = load8(w0 + k), v1 = load8(w1 + k), v2 = load8(w2 + k), v3 = load8(w3 + k);
-            const __m256 y0 = _mm256_loadu_ps(x0 + k), y1 = _mm256_loadu_ps(x1 + k);
-            a00 = _mm256_fmadd_ps(v0, y0, a00); a01 = _mm256_fmadd_ps(v1, y0, a01);
-            a02 = _mm256_fmadd_ps(v2, y0, a02); a03 = _mm256_fmadd_ps(v3, y0, a03);
-            a10 = _mm256_fmadd_ps(v0, y1, a10); a11 = _mm256_fmadd_ps(v1, y1, a11);
-            a12 = _mm256_fmadd_ps(v2, y1, a12); a13 = _mm256_fmadd_ps(v3, y1, a13);
-        }
-        float s0[ROWS] = {hsum(a00), hsum(a01), hsum(a02), hsum(a03)};
-        float s1[ROWS] = {hsum(a10), hsum(a11), hsum(a12), hsum(a13)};
-        for (int64_t k = K8; k < K; ++k)
-            for (int r = 0; r < ROWS; ++r) {
-                s0[r] += x0[k] * (float)w0[r * K + k];
-                s1[r] += x1[k] * (float)w0[r * K + k];
-            }
+    const int64_t kc = KC ? KC : (K8 ? K8 : 8);
+    __m256 acc[GROUP * ROWS];
+    for (int64_t k0 = 0; k0 < K8; k0 += kc) {
+        const int64_t k1 = k0 + kc < K8 ? k0 + kc : K8;
+        int64_t m = 0;
+        for (; m + MTILE <= M; m += MTILE)
+            tile_avx2(x + m * K, wb, acc + m * ROWS, K, k0, k1, MTILE, m ? NULL : pf);
+        if (m < M) tile_any(x + m * K, wb, acc + m * ROWS, K, k0, k1, (int)(M - m), m ? NULL : pf);
+    }
+    for (int64_t m = 0; m < M; ++m)
         for (int r = 0; r < ROWS; ++r) {
-            out[m * N + n0 + r] = s0[r] * scale[n0 + r];
-            out[(m + 1) * N + n0 + r] = s1[r] * scale[n0 + r];
+            float s = K8 ? hsum(acc[m * ROWS + r]) : 0.0f;
+            for (int64_t k = K8; k < K; ++k) s += x[m * K + k] * (float)wb[r * K + k];
+            out[m * N + n0 + r] = s * scale[n0 + r];
         }
-    }
-    for (; m < M; ++m) {
-        const float *x0 = x + m * K;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t k = 0; k < K8; k += 8) {
-            if (m == 0 && (k & 63) == 0) prefetch_block(w, N, K, n0, k);
-            const __m256 y0 = _mm256_loadu_ps(x0 + k);
-            a0 = _mm256_fmadd_ps(load8(w0 + k), y0, a0); a1 = _mm256_fmadd_ps(load8(w1 + k), y0, a1);
-            a2 = _mm256_fmadd_ps(load8(w2 + k), y0, a2); a3 = _mm256_fmadd_ps(load8(w3 + k), y0, a3);
-        }
-        float s0[ROWS] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
-        for (int64_t k = K8; k < K; ++k)
-            for (int r = 0; r < ROWS; ++r) s0[r] += x0[k] * (float)w0[r * K + k];
-        for (int r = 0; r < ROWS; ++r) out[m * N + n0 + r] = s0[r] * scale[n0 + r];
-    }
 }
 #endif
 
-/* one weight row n, every activation row (the portable path, and the AVX2 path's last N % 4 rows) */
+/* one weight row n, every activation row (the portable path, and the AVX2 path's last N % ROWS rows) */
 static void row_generic(const float *x, const int8_t *w, const float *scale, float *out, int64_t M, int64_t N,
                         int64_t K, int64_t n) {
     const int8_t *wn = w + n * K;
@@ -135,12 +187,17 @@ int int8_gemv(const float *x, const int8_t *w, const float *scale, float *out, i
     const int threads = num_threads > 0 ? num_threads : 1;
 #if defined(__AVX2__) && defined(__FMA__)
     const int64_t blocks = N / ROWS;
+    for (int64_t m0 = 0; m0 < M; m0 += GROUP) {
+        const int64_t rows = M - m0 < GROUP ? M - m0 : GROUP;
+        const float *xg = x + m0 * K;
+        float *og = out + m0 * N;
 #pragma omp parallel num_threads(threads)
-    {
+        {
 #pragma omp for schedule(dynamic, DYNAMIC_BLOCKS) nowait
-        for (int64_t b = 0; b < blocks; ++b) block_avx2(x, w, scale, out, M, N, K, b * ROWS);
+            for (int64_t b = 0; b < blocks; ++b) block_avx2(xg, w, scale, og, rows, N, K, b * ROWS);
 #pragma omp for schedule(static)
-        for (int64_t n = blocks * ROWS; n < N; ++n) row_generic(x, w, scale, out, M, N, K, n);
+            for (int64_t n = blocks * ROWS; n < N; ++n) row_generic(xg, w, scale, og, rows, N, K, n);
+        }
     }
 #else
 #pragma omp parallel for schedule(static) num_threads(threads)
